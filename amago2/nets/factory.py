@@ -1,0 +1,48 @@
+"""One factory for every trajectory encoder."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Dict, Type
+
+import gin
+
+from amago2.nets.base import TrajEncoder
+from amago2.nets.mamba import MambaTrajEncoder
+from amago2.nets.retention import RetentionTrajEncoder
+from amago2.nets.rnn import FFTrajEncoder, GRUTrajEncoder
+from amago2.nets.transformer import TransformerTrajEncoder
+
+TRAJ_ENCODERS: Dict[str, Type[TrajEncoder]] = {
+    "transformer": TransformerTrajEncoder,
+    "mamba": MambaTrajEncoder,
+    "retention": RetentionTrajEncoder,
+    "gru": GRUTrajEncoder,
+    "ff": FFTrajEncoder,
+}
+TRAJ_ENCODER_KINDS = tuple(TRAJ_ENCODERS)
+_CONTRACT_ARGS = ("self", "d_in", "d_model", "n_layers", "max_seq_len")
+
+
+def kind_options(kind: str) -> Dict[str, object]:
+    """The kind-specific keyword arguments of an encoder and their defaults."""
+    params = inspect.signature(TRAJ_ENCODERS[kind].__init__).parameters
+    return {name: p.default for name, p in params.items() if name not in _CONTRACT_ARGS}
+
+
+@gin.configurable
+def build_traj_encoder(
+    kind: str, d_in: int, d_model: int = 128, n_layers: int = 2, max_seq_len: int = 256, **kind_specific
+) -> TrajEncoder:
+    """Build a trajectory encoder by name. `kind_specific` goes to the encoder class
+    (see each class's docstring); gin bindings on the class apply too."""
+    if kind not in TRAJ_ENCODERS:
+        raise ValueError(f"unknown trajectory encoder kind {kind!r}; valid kinds are {list(TRAJ_ENCODER_KINDS)}")
+    options = kind_options(kind)
+    unknown = sorted(set(kind_specific) - set(options))
+    if unknown:
+        raise TypeError(
+            f"{kind!r} encoder got unknown option(s) {unknown}; its options are "
+            + ", ".join(f"{k}={v!r}" for k, v in options.items())
+        )
+    return TRAJ_ENCODERS[kind](d_in=d_in, d_model=d_model, n_layers=n_layers, max_seq_len=max_seq_len, **kind_specific)

@@ -1,0 +1,212 @@
+"""Mamba selective state-space models in pure PyTorch, with episode resets.
+
+Two mixers share the block structure (input projection, short causal depthwise
+convolution, SiLU, input-dependent step size delta and B/C, diagonal A, D skip,
+SiLU gate, output projection):
+
+- "mamba1" (Gu & Dao, 2023): a separate decay exp(delta_d * A_dn) for every
+  channel d and state dimension n. Trained with the parallel `diagonal_scan`.
+- "mamba2" (Dao & Gu, 2024): one scalar decay per head, so the recurrence is the
+  same one as retention and runs on the chunked matrix-product core ("SSD").
+
+A reset zeroes the SSM state (its decay is zero at that token) and the
+convolution never looks across it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import gin
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amago2.nets.base import TrajEncoder, TrajState, same_segment_as_last
+from amago2.nets.linear_recurrence import chunked_linear_recurrence
+from amago2.nets.scan import diagonal_scan
+
+MAMBA_VARIANTS = ("mamba1", "mamba2")
+
+
+class ResetCausalConv(nn.Module):
+    """Depthwise causal convolution over time that does not mix tokens across episode resets.
+
+    Carries the last (kernel_size - 1) inputs of the current episode as its state.
+    Weight layout [channels, kernel_size] (as causal-conv1d); output t is
+    bias + sum_j w[:, j] * x[t - (K - 1) + j].
+    """
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        nn.init.uniform_(self.weight, -kernel_size**-0.5, kernel_size**-0.5)
+
+    def forward(
+        self, x: torch.Tensor, resets: torch.Tensor, window: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [B, L, C]; resets [B, L]; window [B, K-1, C] -> y [B, L, C], next window."""
+        K, L = self.kernel_size, x.shape[1]
+        xp = torch.cat([window.to(x.dtype), x], dim=1)  # [B, K-1+L, C]
+        # The carried window belongs to the episode running at the start of the chunk (segment 0).
+        seg = F.pad(resets.long().cumsum(1), (K - 1, 0))  # [B, K-1+L]
+        seg_out = seg[:, K - 1 :]
+        y = self.bias.to(x.dtype).expand_as(x)
+        for j in range(K):
+            same = (seg[:, j : j + L] == seg_out).unsqueeze(-1)
+            y = y + self.weight[:, j].to(x.dtype) * xp[:, j : j + L] * same
+        # Inputs from before the last reset must not reach the next chunk.
+        tail_resets = F.pad(resets, (K - 1, 0))[:, -(K - 1) :] if K > 1 else resets[:, :0]
+        keep = same_segment_as_last(tail_resets) if K > 1 else tail_resets
+        next_window = xp[:, xp.shape[1] - (K - 1) :] * keep.unsqueeze(-1)
+        return y, next_window
+
+
+def _inverse_softplus_dt(size: int, dt_min: float = 1e-3, dt_max: float = 1e-1) -> torch.Tensor:
+    """A bias whose softplus is log-uniform in [dt_min, dt_max], as in the Mamba papers."""
+    dt = torch.exp(torch.rand(size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank: Optional[int]):
+        super().__init__()
+        d_inner = expand * d_model
+        self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv = ResetCausalConv(d_inner, d_conv)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(_inverse_softplus_dt(d_inner))
+        # S4D-real initialisation: A_n = -(n + 1), shared by every channel.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def state_shapes(self):
+        return {"conv": (self.d_conv - 1, self.d_inner), "ssm": (self.d_inner, self.d_state)}
+
+    def forward(self, h, resets, conv_window, ssm):
+        """h [B, L, d]; conv_window [B, K-1, D]; ssm [B, D, N] -> y [B, L, d], (window, ssm)."""
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        x, conv_window = self.conv(x, resets, conv_window)
+        x = F.silu(x)  # [B, L, D]
+        dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))  # [B, L, D]
+        A = -torch.exp(self.A_log.float())  # [D, N]
+        a = torch.exp(delta.unsqueeze(-1) * A).masked_fill(resets[:, :, None, None], 0.0)  # [B, L, D, N]
+        b = (delta * x).unsqueeze(-1) * Bm.unsqueeze(2)  # [B, L, D, N]
+        states = diagonal_scan(a, b, ssm.to(b.dtype))  # [B, L, D, N]
+        y = torch.einsum("bldn,bln->bld", states, Cm) + self.D * x
+        y = y * F.silu(z)
+        return self.out_proj(y), (conv_window, states[:, -1])
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, headdim: int, chunk_size: int):
+        super().__init__()
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"expand * d_model = {d_inner} must be divisible by headdim={headdim}")
+        self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
+        self.n_heads, self.headdim, self.chunk_size = d_inner // headdim, headdim, chunk_size
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + self.n_heads, bias=False)
+        self.conv = ResetCausalConv(d_inner + 2 * d_state, d_conv)
+        self.dt_bias = nn.Parameter(_inverse_softplus_dt(self.n_heads))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.n_heads).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        self.norm = nn.RMSNorm(d_inner, eps=1e-5)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def state_shapes(self):
+        return {"conv": (self.d_conv - 1, self.d_inner + 2 * self.d_state), "ssm": (self.n_heads, self.d_state, self.headdim)}
+
+    def forward(self, h, resets, conv_window, ssm):
+        """h [B, L, d]; conv_window [B, K-1, D+2N]; ssm [B, H, N, P] -> y [B, L, d], (window, ssm)."""
+        B, L, _ = h.shape
+        z, xBC, dt = self.in_proj(h).split([self.d_inner, self.d_inner + 2 * self.d_state, self.n_heads], dim=-1)
+        xBC, conv_window = self.conv(xBC, resets, conv_window)
+        x, Bm, Cm = F.silu(xBC).split([self.d_inner, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(dt + self.dt_bias)  # [B, L, H]
+        log_decay = (dt * -torch.exp(self.A_log)).masked_fill(resets[..., None], float("-inf"))
+        x = x.unflatten(-1, (self.n_heads, self.headdim))  # [B, L, H, P]
+        # SSD as a linear recurrence: queries C, keys B (shared by heads), values dt * x.
+        q = Cm.unsqueeze(1).expand(B, self.n_heads, L, self.d_state)
+        k = Bm.unsqueeze(1).expand(B, self.n_heads, L, self.d_state)
+        v = (x * dt.unsqueeze(-1)).transpose(1, 2)  # [B, H, L, P]
+        y, ssm = chunked_linear_recurrence(q, k, v, log_decay.transpose(1, 2), ssm.to(v.dtype), self.chunk_size)
+        y = y.transpose(1, 2) + self.D[:, None] * x  # [B, L, H, P]
+        y = self.norm(y.flatten(2) * F.silu(z))
+        return self.out_proj(y), (conv_window, ssm)
+
+
+@gin.configurable
+class MambaTrajEncoder(TrajEncoder):
+    """Stack of residual Mamba blocks: h + mixer(RMSNorm(h)).
+
+    Args:
+        variant: "mamba1" (default) or "mamba2".
+        d_state: SSM state size N per channel (mamba1) or per head (mamba2).
+        d_conv: causal convolution width.
+        expand: inner width as a multiple of d_model.
+        dt_rank: (mamba1) rank of the delta projection; default ceil(d_model / 16).
+        headdim: (mamba2) channels per head.
+        chunk_size: (mamba2) chunk length of the SSD core.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_model: int,
+        n_layers: int,
+        max_seq_len: int,
+        variant: str = "mamba1",
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: Optional[int] = None,
+        headdim: int = 32,
+        chunk_size: int = 64,
+    ):
+        super().__init__(d_in, d_model, n_layers, max_seq_len)
+        if variant not in MAMBA_VARIANTS:
+            raise ValueError(f"variant must be one of {MAMBA_VARIANTS}, got {variant!r}")
+        if d_conv < 1:
+            raise ValueError(f"d_conv must be >= 1, got {d_conv}")
+        self.variant = variant
+        self.inp = nn.Linear(d_in, d_model)
+        self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layers))
+        if variant == "mamba1":
+            mixers = (Mamba1Mixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
+        else:
+            mixers = (Mamba2Mixer(d_model, d_state, d_conv, expand, headdim, chunk_size) for _ in range(n_layers))
+        self.mixers = nn.ModuleList(mixers)
+        self.norm_out = nn.RMSNorm(d_model, eps=1e-5)
+
+    def init_state(self, batch_size: int, device=None) -> TrajState:
+        shapes = self.mixers[0].state_shapes()
+        dtype = self.inp.weight.dtype
+        return {
+            name: torch.zeros(batch_size, self.n_layers, *shape, dtype=dtype, device=device)
+            for name, shape in shapes.items()
+        }
+
+    def forward(
+        self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
+    ) -> Tuple[torch.Tensor, TrajState]:
+        self._check_inputs(x, resets)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        h = self.inp(x)
+        convs, ssms = [], []
+        for i, (norm, mixer) in enumerate(zip(self.norms, self.mixers)):
+            out, (conv, ssm) = mixer(norm(h), resets, state["conv"][:, i], state["ssm"][:, i])
+            h = h + out
+            convs.append(conv)
+            ssms.append(ssm)
+        return self.norm_out(h), {"conv": torch.stack(convs, 1), "ssm": torch.stack(ssms, 1)}

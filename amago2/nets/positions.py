@@ -1,0 +1,39 @@
+"""Position encodings indexed by a token's position inside its episode."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal_embedding(pos: torch.Tensor, dim: int, base: float = 10_000.0) -> torch.Tensor:
+    """pos [...] int -> [..., dim] float32 (sin on even, cos on odd features)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(base) * torch.arange(half, device=pos.device, dtype=torch.float32) / half)
+    angles = pos.to(torch.float32)[..., None] * freqs
+    emb = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates pairs of query/key features by position-dependent angles,
+    so attention scores depend only on the relative position of the two tokens."""
+
+    def __init__(self, head_dim: int, base: float = 10_000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x [B, H, L, Dh], pos [B, L] int -> rotated x."""
+        # float64 angles keep long episodes (pos in the 10^5 range) as accurate as short ones.
+        angles = pos[:, None, :, None].to(torch.float64) * self.inv_freq.to(torch.float64)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)

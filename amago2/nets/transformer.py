@@ -1,0 +1,159 @@
+"""Causal pre-norm Transformer with episode-aware sliding-window attention and a KV cache.
+
+What a token sees: at every layer, token t attends to the tokens of its own
+episode among the last `max_seq_len` tokens (itself included). Rollout keeps a
+ring-buffer KV cache of exactly those `max_seq_len` tokens per layer, and the
+training form applies the same window, so both forms compute the same function
+for any sequence length. Because each layer's window is applied to the previous
+layer's outputs, information can still travel up to n_layers * max_seq_len tokens
+back, as in any sliding-window Transformer; within one training sequence of
+length <= max_seq_len the window is simply full causal attention.
+
+Positions are counted from the start of the current episode (0 at each reset).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import gin
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amago2.nets.base import TrajEncoder, TrajState
+from amago2.nets.positions import Rotary, sinusoidal_embedding
+
+POS_ENCODINGS = ("rope", "sinusoidal", "learned")
+
+
+class _Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm_attn = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.attn_out = nn.Linear(d_model, d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
+        self.dropout = nn.Dropout(dropout)
+
+    def project_qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, d] -> q, k, v [B, H, L, Dh]."""
+        q, k, v = self.qkv(self.norm_attn(x)).chunk(3, dim=-1)
+        return tuple(t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2) for t in (q, k, v))
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Residual updates after attention; attn [B, H, L, Dh]."""
+        x = x + self.dropout(self.attn_out(attn.transpose(1, 2).flatten(2)))
+        return x + self.dropout(self.ff(self.norm_ff(x)))
+
+
+@gin.configurable
+class TransformerTrajEncoder(TrajEncoder):
+    """Transformer trajectory encoder.
+
+    Args:
+        n_heads: attention heads; d_model must be divisible by it.
+        d_ff: feed-forward width (default 4 * d_model).
+        pos_encoding: "rope" (rotary, relative; default), "sinusoidal" or "learned"
+            (absolute, added to the input). A learned table has max_seq_len rows;
+            positions past the end of the table share its last row.
+        dropout: on residual branches and attention weights, in training mode only.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_model: int,
+        n_layers: int,
+        max_seq_len: int,
+        n_heads: int = 4,
+        d_ff: Optional[int] = None,
+        pos_encoding: str = "rope",
+        dropout: float = 0.0,
+    ):
+        super().__init__(d_in, d_model, n_layers, max_seq_len)
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        if pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {pos_encoding!r}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.pos_encoding = pos_encoding
+        self.attn_dropout = dropout
+        self.inp = nn.Linear(d_in, d_model)
+        if pos_encoding == "learned":
+            self.pos_table = nn.Embedding(max_seq_len, d_model)
+        self.rotary = Rotary(self.head_dim) if pos_encoding == "rope" else None
+        self.blocks = nn.ModuleList(
+            _Block(d_model, n_heads, d_ff or 4 * d_model, dropout) for _ in range(n_layers)
+        )
+        self.norm_out = nn.LayerNorm(d_model)
+
+    def init_state(self, batch_size: int, device=None) -> TrajState:
+        W, shape = self.max_seq_len, (batch_size, self.n_layers, self.n_heads, self.max_seq_len, self.head_dim)
+        dtype = self.inp.weight.dtype
+        return {
+            "t_next": torch.zeros(batch_size, dtype=torch.long, device=device),  # tokens seen so far
+            "start": torch.zeros(batch_size, dtype=torch.long, device=device),  # t of the episode's first token
+            "slot_t": torch.full((batch_size, W), -1, dtype=torch.long, device=device),  # t held by each cache slot
+            "k": torch.zeros(shape, dtype=dtype, device=device),
+            "v": torch.zeros(shape, dtype=dtype, device=device),
+        }
+
+    def forward(
+        self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
+    ) -> Tuple[torch.Tensor, TrajState]:
+        self._check_inputs(x, resets)
+        B, L, _ = x.shape
+        W = self.max_seq_len
+        use_cache = state is not None  # a fresh state's cache is empty: skip attending to it
+        if state is None:
+            state = self.init_state(B, x.device)
+
+        t_q = state["t_next"][:, None] + torch.arange(L, device=x.device)  # [B, L]
+        reset_t = torch.where(resets, t_q, torch.full_like(t_q, -1)).cummax(dim=1).values
+        start_q = torch.where(reset_t >= 0, reset_t, state["start"][:, None])  # [B, L]
+        pos = t_q - start_q
+
+        t_k = torch.cat([state["slot_t"], t_q], dim=1) if use_cache else t_q  # [B, K]
+        tk, tq, sq = t_k[:, None, :], t_q[:, :, None], start_q[:, :, None]
+        mask = ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
+
+        h = self.inp(x)
+        if self.pos_encoding == "sinusoidal":
+            h = h + sinusoidal_embedding(pos, self.d_model).to(h.dtype)
+        elif self.pos_encoding == "learned":
+            h = h + self.pos_table(pos.clamp(max=W - 1))
+
+        new_k, new_v = [], []
+        for layer, block in enumerate(self.blocks):
+            q, k, v = block.project_qkv(h)
+            if self.rotary is not None:
+                q, k = self.rotary(q, pos), self.rotary(k, pos)
+            new_k.append(k)
+            new_v.append(v)
+            if use_cache:
+                k = torch.cat([state["k"][:, layer], k], dim=2)
+                v = torch.cat([state["v"][:, layer], v], dim=2)
+            attn = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+            )
+            h = block.finish(h, attn)
+        y = self.norm_out(h)
+
+        # The cache keeps the last W tokens; token t lives in slot t % W.
+        n = min(L, W)
+        slots = t_q[:, -n:] % W  # [B, n]
+        idx = slots[:, None, None, :, None].expand(B, self.n_layers, self.n_heads, n, self.head_dim)
+        k_chunk = torch.stack(new_k, dim=1)[..., -n:, :]  # [B, layers, H, n, Dh]
+        v_chunk = torch.stack(new_v, dim=1)[..., -n:, :]
+        new_state = {
+            "t_next": t_q[:, -1] + 1,
+            "start": start_q[:, -1],
+            "slot_t": state["slot_t"].scatter(1, slots, t_q[:, -n:]),
+            "k": state["k"].to(k_chunk.dtype).scatter(3, idx, k_chunk),
+            "v": state["v"].to(v_chunk.dtype).scatter(3, idx, v_chunk),
+        }
+        return y, new_state
