@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Dict, Type
+from typing import Dict, Type, Union
 
 import gin
 
@@ -24,25 +24,43 @@ TRAJ_ENCODER_KINDS = tuple(TRAJ_ENCODERS)
 _CONTRACT_ARGS = ("self", "d_in", "d_model", "n_layers", "max_seq_len")
 
 
-def kind_options(kind: str) -> Dict[str, object]:
+def kind_options(kind: Union[str, Type[TrajEncoder]]) -> Dict[str, object]:
     """The kind-specific keyword arguments of an encoder and their defaults."""
-    params = inspect.signature(TRAJ_ENCODERS[kind].__init__).parameters
+    cls = TRAJ_ENCODERS[kind] if isinstance(kind, str) else kind
+    params = inspect.signature(cls.__init__).parameters
     return {name: p.default for name, p in params.items() if name not in _CONTRACT_ARGS}
 
 
 @gin.configurable
 def build_traj_encoder(
-    kind: str, d_in: int, d_model: int = 128, n_layers: int = 2, max_seq_len: int = 256, **kind_specific
+    kind: Union[str, Type[TrajEncoder]],
+    d_in: int,
+    d_model: int = 128,
+    n_layers: int = 2,
+    max_seq_len: int = 256,
+    **kind_specific,
 ) -> TrajEncoder:
-    """Build a trajectory encoder by name. `kind_specific` goes to the encoder class
-    (see each class's docstring); gin bindings on the class apply too."""
-    if kind not in TRAJ_ENCODERS:
-        raise ValueError(f"unknown trajectory encoder kind {kind!r}; valid kinds are {list(TRAJ_ENCODER_KINDS)}")
-    options = kind_options(kind)
+    """Build a trajectory encoder by name, or from your own `TrajEncoder` subclass.
+
+    `kind_specific` goes to the encoder class (see each class's docstring); gin
+    bindings on the class apply too.
+    """
+    if isinstance(kind, type):
+        if not issubclass(kind, TrajEncoder):
+            raise TypeError(f"a custom encoder class must subclass amago2.nets.TrajEncoder, got {kind.__name__}")
+        cls = kind
+    elif kind in TRAJ_ENCODERS:
+        cls = TRAJ_ENCODERS[kind]
+    else:
+        raise ValueError(
+            f"unknown trajectory encoder kind {kind!r}; valid kinds are {list(TRAJ_ENCODER_KINDS)} "
+            "(or pass a TrajEncoder subclass)"
+        )
+    options = kind_options(cls)
     unknown = sorted(set(kind_specific) - set(options))
     if unknown:
         raise TypeError(
-            f"{kind!r} encoder got unknown option(s) {unknown}; its options are "
+            f"{cls.__name__} got unknown option(s) {unknown}; its options are "
             + ", ".join(f"{k}={v!r}" for k, v in options.items())
         )
-    return TRAJ_ENCODERS[kind](d_in=d_in, d_model=d_model, n_layers=n_layers, max_seq_len=max_seq_len, **kind_specific)
+    return cls(d_in=d_in, d_model=d_model, n_layers=n_layers, max_seq_len=max_seq_len, **kind_specific)
