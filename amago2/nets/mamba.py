@@ -25,7 +25,7 @@ from torch import nn
 
 from amago2.nets.base import TrajEncoder, TrajState, same_segment_as_last
 from amago2.nets.linear_recurrence import chunked_linear_recurrence
-from amago2.nets.scan import diagonal_scan
+from amago2.nets.scan import selective_scan
 
 MAMBA_VARIANTS = ("mamba1", "mamba2")
 
@@ -98,13 +98,10 @@ class Mamba1Mixer(nn.Module):
         x = F.silu(x)  # [B, L, D]
         dt, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))  # [B, L, D]
-        A = -torch.exp(self.A_log.float())  # [D, N]
-        a = torch.exp(delta.unsqueeze(-1) * A).masked_fill(resets[:, :, None, None], 0.0)  # [B, L, D, N]
-        b = (delta * x).unsqueeze(-1) * Bm.unsqueeze(2)  # [B, L, D, N]
-        states = diagonal_scan(a, b, ssm.to(b.dtype))  # [B, L, D, N]
-        y = torch.einsum("bldn,bln->bld", states, Cm) + self.D * x
-        y = y * F.silu(z)
-        return self.out_proj(y), (conv_window, states[:, -1])
+        A = -torch.exp(self.A_log)  # [D, N]
+        y, ssm = selective_scan(x, delta, A.to(x.dtype), Bm, Cm, ssm.to(x.dtype), resets)
+        y = (y + self.D * x) * F.silu(z)
+        return self.out_proj(y), (conv_window, ssm)
 
 
 class Mamba2Mixer(nn.Module):

@@ -14,7 +14,7 @@ autograd graph stores only `a` and `h` instead of every intermediate level.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -42,27 +42,89 @@ def _scan_inplace(a: torch.Tensor, x: torch.Tensor) -> None:
     x_even[:, 1:].addcmul_(a_even[:, 1:], x_odd[:, :-1])
 
 
+def _reverse_scan_inplace(a: torch.Tensor, x: torch.Tensor) -> None:
+    """In place along dim 1: x_t <- a_t * x_{t+1} + x_t (inclusive scan from the end). `a` is clobbered."""
+    L = x.shape[1]
+    if L < 2:
+        return
+    if L % 2 == 1:
+        _reverse_scan_inplace(a[:, 1:], x[:, 1:])
+        x[:, 0].addcmul_(a[:, 0], x[:, 1])
+        return
+    a2 = a.unflatten(1, (L // 2, 2))
+    x2 = x.unflatten(1, (L // 2, 2))
+    a_even, a_odd = a2[:, :, 0], a2[:, :, 1]
+    x_even, x_odd = x2[:, :, 0], x2[:, :, 1]
+    # Mirror image of `_scan_inplace`: each even element absorbs its odd right neighbour.
+    x_even.addcmul_(a_even, x_odd)
+    a_even.mul_(a_odd)
+    _reverse_scan_inplace(a_even, x_even)
+    x_odd[:, :-1].addcmul_(a_odd[:, :-1], x_even[:, 1:])
+
+
+def _backward_through_recurrence(a: torch.Tensor, h: torch.Tensor, grad_h: torch.Tensor, h0: torch.Tensor):
+    """Gradients of h_t = a_t h_{t-1} + b_t given dL/dh (which is consumed).
+
+    Returns (dL/da, dL/db, dL/dh0). dL/db_t = g_t with g_t = grad_h_t + a_{t+1} g_{t+1},
+    the same recurrence run backwards in time; dL/da_t = g_t h_{t-1}.
+    """
+    a_next = torch.empty_like(a)
+    a_next[:, :-1] = a[:, 1:]
+    a_next[:, -1] = 0
+    g = grad_h
+    _reverse_scan_inplace(a_next, g)
+    grad_a = torch.empty_like(a)
+    torch.mul(g[:, 1:], h[:, :-1], out=grad_a[:, 1:])
+    torch.mul(g[:, 0], h0, out=grad_a[:, 0])
+    return grad_a, g, g[:, 0] * a[:, 0]
+
+
 class _DiagonalScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         h = b.clone(memory_format=torch.contiguous_format)
+        h[:, 0].addcmul_(a[:, 0], h0)
         _scan_inplace(a.clone(memory_format=torch.contiguous_format), h)
-        ctx.save_for_backward(a, h)
+        ctx.save_for_backward(a, h, h0)
         return h
 
     @staticmethod
     def backward(ctx, grad_h: torch.Tensor):
-        a, h = ctx.saved_tensors
-        # dL/db_t = g_t with g_t = grad_h_t + a_{t+1} g_{t+1}: the same recurrence backwards in time.
-        a_next = torch.zeros_like(a)
-        a_next[:, :-1] = a[:, 1:]
-        g = grad_h.flip(1).contiguous()
-        _scan_inplace(a_next.flip(1).contiguous(), g)
-        g = g.flip(1)
-        # dL/da_t = g_t * h_{t-1}, with h_{-1} = 0 (an initial state is folded into b_0 by the caller).
-        grad_a = torch.zeros_like(a)
-        grad_a[:, 1:] = g[:, 1:] * h[:, :-1]
-        return grad_a, g
+        a, h, h0 = ctx.saved_tensors
+        return _backward_through_recurrence(a, h, grad_h.clone(memory_format=torch.contiguous_format), h0)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Mamba-1's selective SSM with the [B, L, D, N] decays and inputs built inside, so that
+    autograd stores only the states; the decays are recomputed in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, h0, resets):
+        a = torch.exp(delta.unsqueeze(-1) * A).masked_fill_(resets[:, :, None, None], 0.0)
+        h = (delta * u).unsqueeze(-1) * Bm.unsqueeze(2)
+        h[:, 0].addcmul_(a[:, 0], h0)
+        _scan_inplace(a, h)
+        y = (h @ Cm.unsqueeze(-1)).squeeze(-1)  # [B, L, D]
+        ctx.save_for_backward(u, delta, A, Bm, Cm, h0, resets, h)
+        return y, h[:, -1]
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        u, delta, A, Bm, Cm, h0, resets, h = ctx.saved_tensors
+        a = torch.exp(delta.unsqueeze(-1) * A).masked_fill_(resets[:, :, None, None], 0.0)
+        grad_C = (grad_y.unsqueeze(-2) @ h).squeeze(-2)  # [B, L, N]
+        grad_h = grad_y.unsqueeze(-1) * Cm.unsqueeze(2)  # [B, L, D, N]
+        if grad_last is not None:
+            grad_h[:, -1] += grad_last
+        grad_a, grad_b, grad_h0 = _backward_through_recurrence(a, h, grad_h, h0)
+        # b = (delta * u) B
+        grad_du = (grad_b @ Bm.unsqueeze(-1)).squeeze(-1)  # [B, L, D]
+        grad_B = ((delta * u).unsqueeze(-2) @ grad_b).squeeze(-2)  # [B, L, N]
+        # a = exp(delta A), zero at resets (where grad_a * a is zero too)
+        grad_pre = grad_a.mul_(a)  # dL/d(delta A)
+        grad_delta = torch.einsum("bldn,dn->bld", grad_pre, A) + grad_du * u
+        grad_A = torch.einsum("bldn,bld->dn", grad_pre, delta)
+        return grad_du * delta, grad_delta, grad_A, grad_B, grad_C, grad_h0, None
 
 
 def diagonal_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -73,10 +135,9 @@ def diagonal_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] =
     """
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if h0 is not None:
-        # Fold the initial state into the first input so the scan itself starts from zero.
-        b = torch.cat([(b[:, 0] + a[:, 0] * h0).unsqueeze(1), b[:, 1:]], dim=1)
-    return _DiagonalScan.apply(a, b)
+    if h0 is None:
+        h0 = torch.zeros_like(b[:, 0])
+    return _DiagonalScan.apply(a, b, h0.expand_as(b[:, 0]))
 
 
 def diagonal_scan_reference(
@@ -89,3 +150,31 @@ def diagonal_scan_reference(
         h = a[:, t] * h + b[:, t]
         out.append(h)
     return torch.stack(out, dim=1)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    h0: torch.Tensor,
+    resets: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1's selective state-space recurrence, without the D skip and the gate.
+
+        h_t = exp(delta_t A) * h_{t-1} + (delta_t u_t) B_t      (zero decay where resets_t)
+        y_t = h_t C_t
+
+    u, delta [B, L, D]; A [D, N]; Bm, Cm [B, L, N]; h0 [B, D, N]; resets [B, L] bool.
+    Returns y [B, L, D] and the last state [B, D, N].
+    """
+    return _SelectiveScan.apply(u, delta, A, Bm, Cm, h0, resets)
+
+
+def selective_scan_reference(u, delta, A, Bm, Cm, h0, resets):
+    """The same as `selective_scan`, built from differentiable ops and the sequential loop."""
+    a = torch.exp(delta.unsqueeze(-1) * A).masked_fill(resets[:, :, None, None], 0.0)
+    b = (delta * u).unsqueeze(-1) * Bm.unsqueeze(2)
+    h = diagonal_scan_reference(a, b, h0)
+    return torch.einsum("bldn,bln->bld", h, Cm), h[:, -1]
