@@ -2,7 +2,7 @@
 
 What a token sees: at every layer, token t attends to the tokens of its own
 episode among the last `max_seq_len` tokens (itself included). Rollout keeps a
-ring-buffer KV cache of exactly those `max_seq_len` tokens per layer, and the
+KV cache of exactly those (at most `max_seq_len`) tokens per layer, and the
 training form applies the same window, so both forms compute the same function
 for any sequence length. Because each layer's window is applied to the previous
 layer's outputs, information can still travel up to n_layers * max_seq_len tokens
@@ -92,15 +92,18 @@ class TransformerTrajEncoder(TrajEncoder):
         self.norm_out = nn.LayerNorm(d_model)
 
     def init_state(self, batch_size: int, device=None) -> TrajState:
-        W, shape = self.max_seq_len, (batch_size, self.n_layers, self.n_heads, self.max_seq_len, self.head_dim)
+        # The cache grows with the tokens seen, up to max_seq_len, so rollout cost grows
+        # with the context actually used rather than with the largest one allowed.
         dtype = self.inp.weight.dtype
-        return {
+        empty = torch.zeros(batch_size, self.n_heads, 0, self.head_dim, dtype=dtype, device=device)
+        state = {
             "t_next": torch.zeros(batch_size, dtype=torch.long, device=device),  # tokens seen so far
             "start": torch.zeros(batch_size, dtype=torch.long, device=device),  # t of the episode's first token
-            "slot_t": torch.full((batch_size, W), -1, dtype=torch.long, device=device),  # t held by each cache slot
-            "k": torch.zeros(shape, dtype=dtype, device=device),
-            "v": torch.zeros(shape, dtype=dtype, device=device),
+            "cache_t": torch.zeros(batch_size, 0, dtype=torch.long, device=device),  # t of each cached token
         }
+        for i in range(self.n_layers):
+            state[f"k{i}"], state[f"v{i}"] = empty, empty
+        return state
 
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
@@ -108,16 +111,16 @@ class TransformerTrajEncoder(TrajEncoder):
         self._check_inputs(x, resets)
         B, L, _ = x.shape
         W = self.max_seq_len
-        use_cache = state is not None  # a fresh state's cache is empty: skip attending to it
         if state is None:
             state = self.init_state(B, x.device)
+        cached = state["cache_t"].shape[1]  # the same for every row
 
         t_q = state["t_next"][:, None] + torch.arange(L, device=x.device)  # [B, L]
         reset_t = torch.where(resets, t_q, torch.full_like(t_q, -1)).cummax(dim=1).values
         start_q = torch.where(reset_t >= 0, reset_t, state["start"][:, None])  # [B, L]
         pos = t_q - start_q
 
-        t_k = torch.cat([state["slot_t"], t_q], dim=1) if use_cache else t_q  # [B, K]
+        t_k = torch.cat([state["cache_t"], t_q], dim=1) if cached else t_q  # [B, K]
         tk, tq, sq = t_k[:, None, :], t_q[:, :, None], start_q[:, :, None]
         mask = ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
 
@@ -127,33 +130,18 @@ class TransformerTrajEncoder(TrajEncoder):
         elif self.pos_encoding == "learned":
             h = h + self.pos_table(pos.clamp(max=W - 1))
 
-        new_k, new_v = [], []
-        for layer, block in enumerate(self.blocks):
+        new_state = {"t_next": t_q[:, -1] + 1, "start": start_q[:, -1], "cache_t": t_k[:, -W:]}
+        for i, block in enumerate(self.blocks):
             q, k, v = block.project_qkv(h)
             if self.rotary is not None:
                 q, k = self.rotary(q, pos), self.rotary(k, pos)
-            new_k.append(k)
-            new_v.append(v)
-            if use_cache:
-                k = torch.cat([state["k"][:, layer], k], dim=2)
-                v = torch.cat([state["v"][:, layer], v], dim=2)
+            if cached:
+                k = torch.cat([state[f"k{i}"].to(k.dtype), k], dim=2)
+                v = torch.cat([state[f"v{i}"].to(v.dtype), v], dim=2)
             attn = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
             )
             h = block.finish(h, attn)
-        y = self.norm_out(h)
-
-        # The cache keeps the last W tokens; token t lives in slot t % W.
-        n = min(L, W)
-        slots = t_q[:, -n:] % W  # [B, n]
-        idx = slots[:, None, None, :, None].expand(B, self.n_layers, self.n_heads, n, self.head_dim)
-        k_chunk = torch.stack(new_k, dim=1)[..., -n:, :]  # [B, layers, H, n, Dh]
-        v_chunk = torch.stack(new_v, dim=1)[..., -n:, :]
-        new_state = {
-            "t_next": t_q[:, -1] + 1,
-            "start": start_q[:, -1],
-            "slot_t": state["slot_t"].scatter(1, slots, t_q[:, -n:]),
-            "k": state["k"].to(k_chunk.dtype).scatter(3, idx, k_chunk),
-            "v": state["v"].to(v_chunk.dtype).scatter(3, idx, v_chunk),
-        }
-        return y, new_state
+            # The cache keeps the last W tokens, oldest first.
+            new_state[f"k{i}"], new_state[f"v{i}"] = k[:, :, -W:], v[:, :, -W:]
+        return self.norm_out(h), new_state
