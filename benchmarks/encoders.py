@@ -65,9 +65,10 @@ D_IN = 64
 RESET_PROB = 1 / 200  # ~1 episode reset per 200 tokens in the training batches
 CPU_MEM_CAP_GIB = 18
 
-FULL = dict(lengths=(256, 512, 1024, 2048, 4096), contexts=(16, 256, 1024, 4096), train_reps=3, steps=30)
-QUICK = dict(lengths=(128, 256, 512), contexts=(16, 256), train_reps=2, steps=15)
-TRAIN_BUDGET_S = 20.0  # after warm-up, time at most this long per (row, L) (but at least 1 rep)
+# train_reps timed iterations after one warm-up, cut down so that they take at most about
+# train_budget_s (but at least one): slow settings (long L) get a single timed iteration.
+FULL = dict(lengths=(256, 512, 1024, 2048, 4096), contexts=(16, 256, 1024, 4096), train_reps=3, train_budget_s=15, steps=30)
+QUICK = dict(lengths=(128, 256, 512), contexts=(16, 256), train_reps=2, train_budget_s=3, steps=15)
 
 
 # ----------------------------------------------------------------------------- models
@@ -120,12 +121,18 @@ def is_oom(err: BaseException) -> bool:
     return "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
 
 
-def measure_training(enc, length: int, reps: int, device: str, dtype: str) -> dict:
-    """Median seconds per forward+backward at sequence length `length`."""
+def measure_training(enc, length: int, reps: int, budget_s: float, device: str, dtype: str) -> dict:
+    """Median seconds per forward+backward at sequence length `length`.
+
+    Also records the share of the timed CPU time spent in the kernel (`sys_frac`): on CPU,
+    tensors above glibc's mmap threshold (32 MiB) get fresh pages on every allocation, and
+    page faults can then dominate, which makes time grow faster than the arithmetic does."""
     x, resets = random_batch(length, device)
+    enc.zero_grad(set_to_none=True)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        base_bytes = torch.cuda.memory_allocated()  # model and inputs, as on CPU
 
     def one_iteration() -> float:
         enc.zero_grad(set_to_none=True)
@@ -139,12 +146,15 @@ def measure_training(enc, length: int, reps: int, device: str, dtype: str) -> di
         return time.perf_counter() - start
 
     warmup = one_iteration()
-    n = max(1, min(reps, int(TRAIN_BUDGET_S / warmup)))
+    n = max(1, min(reps, int(budget_s / warmup)))
+    before = resource.getrusage(resource.RUSAGE_SELF)
     times = [one_iteration() for _ in range(n)]
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    sys_s, user_s = after.ru_stime - before.ru_stime, after.ru_utime - before.ru_utime
     sec = statistics.median(times)
-    out = dict(sec=sec, tok_s=BATCH * length / sec, reps=n, mem_mib=None)
+    out = dict(sec=sec, tok_s=BATCH * length / sec, reps=n, mem_mib=None, sys_frac=sys_s / max(sys_s + user_s, 1e-9))
     if device.startswith("cuda"):
-        out["mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["mem_mib"] = (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
     enc.zero_grad(set_to_none=True)
     return out
 
@@ -154,7 +164,8 @@ def measure_rollout(enc, context: int, steps: int, device: str, dtype: str) -> f
     """Median milliseconds per `step` call after `context` tokens of one episode."""
     # Reach position `context` cheaply with the training form (in chunks, carrying the
     # state, to bound memory). No resets: the whole prefix is one episode.
-    x, _ = random_batch(context + steps, device, seed=1)
+    warmup = 3  # untimed steps first (they also move the position on by 3 tokens)
+    x, _ = random_batch(context + warmup + steps, device, seed=1)
     no_reset = torch.zeros(BATCH, dtype=torch.bool, device=device)
     state = enc.init_state(BATCH, device=device)
     with autocast(device, dtype):
@@ -162,13 +173,13 @@ def measure_rollout(enc, context: int, steps: int, device: str, dtype: str) -> f
             chunk = x[:, start : min(start + 1024, context)]
             _, state = enc(chunk, no_reset[:, None].expand(chunk.shape[:2]), state)
         times = []
-        for t in range(context, context + steps):
+        for t in range(context, context + warmup + steps):
             sync(device)
             start = time.perf_counter()
             _, state = enc.step(x[:, t], no_reset, state)
             sync(device)
             times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(times[warmup:])
 
 
 # ----------------------------------------------------------------------------- CPU memory worker
@@ -186,7 +197,7 @@ def run_worker(spec: dict) -> dict:
     enc = build(spec["row"], spec["n_layers"], spec["max_seq_len"], spec["device"])
     base = rss_mib()
     try:
-        out = measure_training(enc, spec["length"], spec["reps"], spec["device"], spec["dtype"])
+        out = measure_training(enc, spec["length"], spec["reps"], spec["budget_s"], spec["device"], spec["dtype"])
     except Exception as err:  # noqa: BLE001 - reported, not hidden
         return dict(error=("OOM" if is_oom(err) else "failed") + f": {type(err).__name__}: {str(err)[:200]}")
     if out["mem_mib"] is None:
@@ -218,7 +229,7 @@ def run_benchmark(args) -> dict:
 
     cfg = QUICK if args.quick else FULL
     rows = [r for r in ROWS if r["name"] in args.kinds or r["kind"] in args.kinds]
-    max_seq_len = max(max(cfg["lengths"]), max(cfg["contexts"]) + cfg["steps"])
+    max_seq_len = max(max(cfg["lengths"]), max(cfg["contexts"]) + cfg["steps"] + 3)  # 3 warm-up steps
     use_workers = args.device == "cpu" and not args.quick
     results = dict(config=cfg, device=args.device, workers=use_workers, rows=[])
     total = len(rows) * (len(cfg["lengths"]) + len(cfg["contexts"]))
@@ -232,15 +243,17 @@ def run_benchmark(args) -> dict:
 
         for length in cfg["lengths"]:
             bar.set_postfix_str(f"{row['name']} train L={length}")
-            spec = dict(
-                row=row, n_layers=n_layers, max_seq_len=max_seq_len, length=length, reps=cfg["train_reps"],
-                device=args.device, dtype=args.dtype, mem_cap_gib=CPU_MEM_CAP_GIB,
-            )  # fmt: skip
             if use_workers:
+                spec = dict(
+                    row=row, n_layers=n_layers, max_seq_len=max_seq_len, length=length,
+                    reps=cfg["train_reps"], budget_s=cfg["train_budget_s"],
+                    device=args.device, dtype=args.dtype, mem_cap_gib=CPU_MEM_CAP_GIB,
+                )  # fmt: skip
                 res["train"][length] = training_in_subprocess(spec)
             else:
                 try:
-                    res["train"][length] = measure_training(enc, length, cfg["train_reps"], args.device, args.dtype)
+                    reps, budget = cfg["train_reps"], cfg["train_budget_s"]
+                    res["train"][length] = measure_training(enc, length, reps, budget, args.device, args.dtype)
                 except Exception as err:  # noqa: BLE001
                     if not is_oom(err):
                         raise
@@ -307,12 +320,14 @@ def targets(results: dict) -> tuple[str, list[str]]:
     transformer = next((r for r in results["rows"] if r["name"] == "transformer"), None)
     tf_ms = cell(transformer["rollout"].get(t_long), lambda e: f"{e['ms']:.2f}") if transformer else "-"
 
-    def ratio(table: dict, hi, lo, key) -> float | None:
+    def verdict(table: dict, hi, lo, key: str, limit: float) -> str:
         a, b = table.get(hi, {}), table.get(lo, {})
-        return a[key] / b[key] if key in a and key in b else None
-
-    def verdict(value: float | None, limit: float) -> str:
-        return "n/a" if value is None else f"{value:.2f} {'PASS' if value <= limit else 'FAIL'}"
+        if "error" in a or "error" in b:  # could not even run the longer (or shorter) setting
+            return f"FAIL ({(a.get('error') or b['error']).split(':')[0]})"
+        if key not in a or key not in b:
+            return "n/a"
+        value = a[key] / b[key]
+        return f"{value:.2f} {'PASS' if value <= limit else 'FAIL'}"
 
     header = [
         "encoder",
@@ -324,8 +339,8 @@ def targets(results: dict) -> tuple[str, list[str]]:
     for r in results["rows"]:
         if r["name"] not in TARGET_ROWS:
             continue
-        train = verdict(ratio(r["train"], long_l, short_l, "sec"), TRAIN_RATIO_MAX)
-        roll = verdict(ratio(r["rollout"], t_long, t_short, "ms"), ROLLOUT_RATIO_MAX)
+        train = verdict(r["train"], long_l, short_l, "sec", TRAIN_RATIO_MAX)
+        roll = verdict(r["rollout"], t_long, t_short, "ms", ROLLOUT_RATIO_MAX)
         ms = cell(r["rollout"].get(t_long), lambda e: f"{e['ms']:.2f}")
         lines.append([r["name"], train, f"{roll} ({ms} ms)", tf_ms])
     return markdown_table(header, lines), lines
@@ -358,9 +373,9 @@ def report(results: dict, header: str) -> str:
         ["encoder"] + [f"t={t}" for t in cfg["contexts"]],
         [[r["name"]] + [cell(r["rollout"].get(t), lambda e: f"{e['ms']:.2f}") for t in cfg["contexts"]] for r in rows],
     )
-    target_table, _ = targets(results)
+    target_table, target_lines = targets(results)
     if results["device"].startswith("cuda"):
-        mem_how = "`torch.cuda.max_memory_allocated`"
+        mem_how = "`torch.cuda.max_memory_allocated` minus the model and inputs"
     elif results["workers"]:
         mem_how = "peak RSS of a fresh worker process minus its RSS after building the model"
     else:
@@ -372,6 +387,15 @@ def report(results: dict, header: str) -> str:
         for key, entry in table.items()
         if "error" in entry
     ]
+    # On CPU, say where page faults (kernel time) rather than arithmetic set the time per iteration.
+    heavy_sys = [
+        f"{r['name']} L={n} ({100 * e['sys_frac']:.0f}%)"
+        for r in rows
+        for n, e in r["train"].items()
+        if e.get("sys_frac", 0) > 0.2 and not results["device"].startswith("cuda")
+    ]
+    if heavy_sys:
+        iteration += "\n\nMore than 20% of the CPU time in the kernel (page faults on fresh allocations): " + ", ".join(heavy_sys)
     parts = [
         header,
         "### Models\n\n" + models,
@@ -380,8 +404,11 @@ def report(results: dict, header: str) -> str:
         "### Training time per iteration (ms)\n\n" + iteration,
         f"### Peak training memory (MiB; {mem_how})\n\n" + memory,
         f"### Rollout cost (ms per `step` call, batch {BATCH}, after t tokens of one episode)\n\n" + rollout,
-        "### Targets\n\n" + target_table,
     ]
+    if target_lines:
+        parts.append(
+            f"### Targets (mamba, retention: linear training time, flat rollout cost)\n\n{target_table}"
+        )
     if errors:
         parts.append("Failures:\n\n" + "\n".join(errors))
     return "\n\n".join(parts) + "\n"
@@ -394,19 +421,32 @@ def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_train, ax_roll) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in results["rows"]:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(results["rows"]):
+        style = dict(marker="o", label=r["name"], color=colors[i % len(colors)])
         train = sorted((n, e["sec"] * 1000) for n, e in r["train"].items() if "sec" in e)
         roll = sorted((t, e["ms"]) for t, e in r["rollout"].items() if "ms" in e)
         if train:
-            ax_train.plot(*zip(*train), marker="o", label=r["name"])
+            ax_train.plot(*zip(*train), **style)
         if roll:
-            ax_roll.plot(*zip(*roll), marker="o", label=r["name"])
-    for ax, xlabel, ylabel, subtitle in (
-        (ax_train, "sequence length L", "ms per forward+backward", "training"),
-        (ax_roll, "context position t", "ms per step", "rollout"),
+            ax_roll.plot(*zip(*roll), **style)
+    cfg = results["config"]
+    for ax, ticks, xlabel, ylabel, subtitle in (
+        (ax_train, cfg["lengths"], "sequence length L", "ms per forward+backward", "training (batch 8)"),
+        (ax_roll, cfg["contexts"], "context position t", "ms per step", "rollout (batch 8)"),
     ):
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=subtitle)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
         ax.grid(True, which="both", alpha=0.3)
+    # Reference slope: time proportional to L (what a linear-time encoder should follow).
+    firsts = [e["sec"] * 1000 for r in results["rows"] for e in [r["train"].get(cfg["lengths"][0], {})] if "sec" in e]
+    if firsts:
+        lo = statistics.median(firsts)
+        ls = cfg["lengths"]
+        ax_train.plot(ls, [lo * n / ls[0] for n in ls], "k--", lw=1, alpha=0.5, label="∝ L (reference)")
     ax_train.legend(fontsize="small")
     fig.suptitle(title, fontsize="small")
     fig.tight_layout()
