@@ -12,8 +12,8 @@ For every encoder kind (at roughly equal parameter count) this measures
 It prints markdown tables, checks the linear-scaling targets for mamba and retention,
 and saves a log-log plot to benchmarks/results/encoders_<device>.png.
 
-    python benchmarks/encoders.py --quick          # ~1-2 minute demo
-    python benchmarks/encoders.py                  # full run (~15 minutes on 2 CPU cores)
+    python benchmarks/encoders.py --quick          # under a minute on 2 idle CPU cores
+    python benchmarks/encoders.py                  # full run (~12-15 minutes on 2 CPU cores)
     python benchmarks/encoders.py --write-docs     # ... and update docs/benchmarks.md
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import json
 import os
@@ -67,7 +68,10 @@ CPU_MEM_CAP_GIB = 18
 
 # train_reps timed iterations after one warm-up, cut down so that they take at most about
 # train_budget_s (but at least one): slow settings (long L) get a single timed iteration.
-FULL = dict(lengths=(256, 512, 1024, 2048, 4096), contexts=(16, 256, 1024, 4096), train_reps=3, train_budget_s=15, steps=30)
+# steps: timed `step` calls per context position.
+FULL = dict(
+    lengths=(256, 512, 1024, 2048, 4096), contexts=(16, 256, 1024, 4096), train_reps=3, train_budget_s=15, steps=30
+)
 QUICK = dict(lengths=(128, 256, 512), contexts=(16, 256), train_reps=2, train_budget_s=3, steps=15)
 
 
@@ -185,23 +189,48 @@ def measure_rollout(enc, context: int, steps: int, device: str, dtype: str) -> f
 # ----------------------------------------------------------------------------- CPU memory worker
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def tune_glibc_malloc() -> bool:
+    """Let glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves every block above its mmap threshold (at most 32 MiB) with
+    fresh pages from the kernel and gives them back when freed, so each large tensor is
+    page-faulted in again on every iteration. That cost appears only once tensors pass
+    32 MiB, i.e. at some L and not others, and bends the scaling curves (up to half of
+    the CPU time at L=4096). Raising both thresholds removes it. Returns True on success."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def proc_status_mib(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, from /proc/self/status.
+
+    Not `ru_maxrss`: a child process inherits its parent's peak RSS through fork + exec,
+    so a worker started by a large benchmark process would report the parent's peak."""
+    match = re.search(rf"^{field}:\s*(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(match.group(1)) / 1024
 
 
 def run_worker(spec: dict) -> dict:
     """Entry point of `--worker`: one training measurement in this (fresh) process."""
+    if spec.get("tune_malloc"):
+        tune_glibc_malloc()
     cap = int(spec["mem_cap_gib"] * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     torch.manual_seed(0)
     enc = build(spec["row"], spec["n_layers"], spec["max_seq_len"], spec["device"])
-    base = rss_mib()
+    base = proc_status_mib("VmRSS")
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     try:
         out = measure_training(enc, spec["length"], spec["reps"], spec["budget_s"], spec["device"], spec["dtype"])
     except Exception as err:  # noqa: BLE001 - reported, not hidden
         return dict(error=("OOM" if is_oom(err) else "failed") + f": {type(err).__name__}: {str(err)[:200]}")
     if out["mem_mib"] is None:
-        out["mem_mib"] = rss_mib() - base
+        out["mem_mib"] = proc_status_mib("VmHWM") - base
     return out
 
 
@@ -247,7 +276,7 @@ def run_benchmark(args) -> dict:
                 spec = dict(
                     row=row, n_layers=n_layers, max_seq_len=max_seq_len, length=length,
                     reps=cfg["train_reps"], budget_s=cfg["train_budget_s"],
-                    device=args.device, dtype=args.dtype, mem_cap_gib=CPU_MEM_CAP_GIB,
+                    device=args.device, dtype=args.dtype, mem_cap_gib=CPU_MEM_CAP_GIB, tune_malloc=args.tune_malloc,
                 )  # fmt: skip
                 res["train"][length] = training_in_subprocess(spec)
             else:
@@ -288,6 +317,8 @@ def machine_header(args) -> str:
     device = args.device
     if args.device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name()})"
+    else:
+        device += ", glibc malloc thresholds raised" if args.tune_malloc else ", stock malloc"
     mode = "quick" if args.quick else "full"
     return (
         f"**Machine:** {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads) | "
@@ -348,6 +379,13 @@ def targets(results: dict) -> tuple[str, list[str]]:
 
 def report(results: dict, header: str) -> str:
     rows, cfg = results["rows"], results["config"]
+    on_cuda = results["device"].startswith("cuda")
+
+    def per_setting(table: str, label: str, settings, fmt) -> str:
+        """One line per row, one column per L (table="train") or t (table="rollout")."""
+        lines = [[r["name"]] + [cell(r[table].get(s), fmt) for s in settings] for r in rows]
+        return markdown_table(["encoder"] + [f"{label}={s}" for s in settings], lines)
+
     models = markdown_table(
         ["encoder", "kind", "options", "d_model", "n_layers", "params"],
         [
@@ -356,46 +394,37 @@ def report(results: dict, header: str) -> str:
             for r in rows
         ],
     )  # fmt: skip
-    throughput = markdown_table(
-        ["encoder"] + [f"L={n}" for n in cfg["lengths"]],
-        [[r["name"]] + [cell(r["train"].get(n), lambda e: f"{e['tok_s']:,.0f}") for n in cfg["lengths"]] for r in rows],
-    )
-    iteration = markdown_table(
-        ["encoder"] + [f"L={n}" for n in cfg["lengths"]],
-        [[r["name"]] + [cell(r["train"].get(n), lambda e: f"{1000 * e['sec']:,.1f}") for n in cfg["lengths"]] for r in rows],
-    )
-    fmt_mem = lambda e: "n/a" if e.get("mem_mib") is None else f"{e['mem_mib']:,.0f}"  # noqa: E731
-    memory = markdown_table(
-        ["encoder"] + [f"L={n}" for n in cfg["lengths"]],
-        [[r["name"]] + [cell(r["train"].get(n), fmt_mem) for n in cfg["lengths"]] for r in rows],
-    )
-    rollout = markdown_table(
-        ["encoder"] + [f"t={t}" for t in cfg["contexts"]],
-        [[r["name"]] + [cell(r["rollout"].get(t), lambda e: f"{e['ms']:.2f}") for t in cfg["contexts"]] for r in rows],
-    )
+    lengths = cfg["lengths"]
+    throughput = per_setting("train", "L", lengths, lambda e: f"{e['tok_s']:,.0f}")
+    iteration = per_setting("train", "L", lengths, lambda e: f"{1000 * e['sec']:,.1f}")
+    memory = per_setting("train", "L", lengths, lambda e: "n/a" if e["mem_mib"] is None else f"{e['mem_mib']:,.0f}")
+    rollout = per_setting("rollout", "t", cfg["contexts"], lambda e: f"{e['ms']:.2f}")
     target_table, target_lines = targets(results)
-    if results["device"].startswith("cuda"):
+
+    if on_cuda:
         mem_how = "`torch.cuda.max_memory_allocated` minus the model and inputs"
     elif results["workers"]:
         mem_how = "peak RSS of a fresh worker process minus its RSS after building the model"
     else:
         mem_how = "not measured on CPU without worker processes"
-    errors = [
-        f"- {r['name']} {what}={key}: {entry['error']}"
-        for r in rows
-        for what, table in (("L", r["train"]), ("t", r["rollout"]))
-        for key, entry in table.items()
-        if "error" in entry
-    ]
     # On CPU, say where page faults (kernel time) rather than arithmetic set the time per iteration.
     heavy_sys = [
         f"{r['name']} L={n} ({100 * e['sys_frac']:.0f}%)"
         for r in rows
         for n, e in r["train"].items()
-        if e.get("sys_frac", 0) > 0.2 and not results["device"].startswith("cuda")
+        if not on_cuda and e.get("sys_frac", 0) > 0.2
     ]
     if heavy_sys:
-        iteration += "\n\nMore than 20% of the CPU time in the kernel (page faults on fresh allocations): " + ", ".join(heavy_sys)
+        iteration += "\n\nOver 20% of the CPU time spent in the kernel (page faults on fresh allocations): "
+        iteration += ", ".join(heavy_sys)
+    errors = [
+        f"- {r['name']} {label}={key}: {entry['error']}"
+        for r in rows
+        for label, table in (("L", r["train"]), ("t", r["rollout"]))
+        for key, entry in table.items()
+        if "error" in entry
+    ]
+
     parts = [
         header,
         "### Models\n\n" + models,
@@ -406,9 +435,7 @@ def report(results: dict, header: str) -> str:
         f"### Rollout cost (ms per `step` call, batch {BATCH}, after t tokens of one episode)\n\n" + rollout,
     ]
     if target_lines:
-        parts.append(
-            f"### Targets (mamba, retention: linear training time, flat rollout cost)\n\n{target_table}"
-        )
+        parts.append(f"### Targets (mamba, retention: linear training time, flat rollout cost)\n\n{target_table}")
     if errors:
         parts.append("Failures:\n\n" + "\n".join(errors))
     return "\n\n".join(parts) + "\n"
@@ -477,6 +504,8 @@ def write_docs(text: str, png: Path, device: str) -> Path:
 
 
 def main(args) -> None:
+    if args.tune_malloc:
+        args.tune_malloc = tune_glibc_malloc()
     results = run_benchmark(args)
     header = machine_header(args)
     text = report(results, header)
@@ -500,6 +529,10 @@ def parse_args():
         help=f"rows ({', '.join(r['name'] for r in ROWS)}) or kinds ({', '.join(TRAJ_ENCODER_KINDS)})",
     )  # fmt: skip
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md and docs/img/")
+    parser.add_argument(
+        "--stock-malloc", action="store_true",
+        help="CPU: keep glibc's default thresholds (large tensors page-faulted in on every allocation)",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one CPU memory measurement (JSON spec)
     args = parser.parse_args()
     known = {r["name"] for r in ROWS} | set(TRAJ_ENCODER_KINDS)
@@ -509,6 +542,7 @@ def parse_args():
         parser.error("--dtype bfloat16 is only supported with --device cuda (autocast)")
     if args.write_docs and args.quick:
         parser.error("--write-docs records the full benchmark; drop --quick")
+    args.tune_malloc = args.device == "cpu" and not args.stock_malloc  # see tune_glibc_malloc
     return args
 
 
