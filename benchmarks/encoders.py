@@ -4,13 +4,15 @@ For every encoder kind (at roughly equal parameter count) this measures
 
 * training throughput: tokens/s of forward + backward over a [batch, L] sequence
   with random episode resets, for several context lengths L;
-* peak memory of that training step (CUDA: `torch.cuda.max_memory_allocated`;
-  CPU: peak RSS of a fresh worker process minus its RSS after building the model);
+* peak memory of that training step above the model's own (CUDA:
+  `torch.cuda.max_memory_allocated`; CPU: peak RSS of a fresh, memory-capped worker
+  process per setting, so that an over-large setting fails as "OOM" on its own);
 * rollout cost: milliseconds per `enc.step` call once the encoder has already seen
   t tokens of the current episode.
 
 It prints markdown tables, checks the linear-scaling targets for mamba and retention,
-and saves a log-log plot to benchmarks/results/encoders_<device>.png.
+and saves a log-log plot to benchmarks/results/encoders_<device>.png. On CPU it raises
+glibc's malloc thresholds first (see `tune_glibc_malloc`; `--stock-malloc` to skip).
 
     python benchmarks/encoders.py --quick          # under a minute on 2 idle CPU cores
     python benchmarks/encoders.py                  # full run (~12-15 minutes on 2 CPU cores)
