@@ -94,13 +94,18 @@ class _DiagonalScan(torch.autograd.Function):
         return _backward_through_recurrence(a, h, grad_h.clone(memory_format=torch.contiguous_format), h0)
 
 
+def _selective_decays(delta: torch.Tensor, A: torch.Tensor, resets: torch.Tensor) -> torch.Tensor:
+    """a = exp(delta A), zero where an episode starts: [B, L, D, N]. Built outside autograd."""
+    return torch.exp(delta.unsqueeze(-1) * A).masked_fill_(resets[:, :, None, None], 0.0)
+
+
 class _SelectiveScan(torch.autograd.Function):
     """Mamba-1's selective SSM with the [B, L, D, N] decays and inputs built inside, so that
     autograd stores only the states; the decays are recomputed in the backward pass."""
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, h0, resets):
-        a = torch.exp(delta.unsqueeze(-1) * A).masked_fill_(resets[:, :, None, None], 0.0)
+        a = _selective_decays(delta, A, resets)
         h = (delta * u).unsqueeze(-1) * Bm.unsqueeze(2)
         h[:, 0].addcmul_(a[:, 0], h0)
         _scan_inplace(a, h)
@@ -111,7 +116,7 @@ class _SelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_last):
         u, delta, A, Bm, Cm, h0, resets, h = ctx.saved_tensors
-        a = torch.exp(delta.unsqueeze(-1) * A).masked_fill_(resets[:, :, None, None], 0.0)
+        a = _selective_decays(delta, A, resets)
         grad_C = (grad_y.unsqueeze(-2) @ h).squeeze(-2)  # [B, L, N]
         grad_h = grad_y.unsqueeze(-1) * Cm.unsqueeze(2)  # [B, L, D, N]
         if grad_last is not None:
