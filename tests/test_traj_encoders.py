@@ -28,11 +28,11 @@ import pytest
 import torch
 
 from amago2.nets import TRAJ_ENCODER_KINDS, build_traj_encoder
+from numerics import assert_rel, gen
 
 D_IN = 5
 N_LAYERS = 2
 BATCH = 3
-REL_TOL = 1e-4  # step == parallel, chunked == whole, batch independence
 EXACT_ATOL = 1e-6  # reset isolation, causality, "state is ignored after a reset"
 SEEDS = (0, 1)
 
@@ -101,26 +101,6 @@ def build(cfg: Cfg, seed: int = 0, perturb: bool = True, train: bool = False):
 # --------------------------------------------------------------------------- helpers
 
 State = Dict[str, torch.Tensor]
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.detach().double()
-    b = b.detach().double()
-    num = (a - b).abs().max().item() if a.numel() else 0.0
-    den = b.abs().max().item() if b.numel() else 0.0
-    return num if den == 0.0 else num / den
-
-
-def assert_rel(a, b, what, tol=REL_TOL):
-    assert tuple(a.shape) == tuple(b.shape), f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
-    assert torch.isfinite(a).all(), f"{what}: non-finite values"
-    assert torch.isfinite(b).all(), f"{what}: non-finite values in the expected tensor"
-    e = rel_err(a, b)
-    assert e <= tol, f"{what}: relative error {e:.3e} > {tol:.0e}"
 
 
 def assert_same(a, b, what, atol=EXACT_ATOL):
