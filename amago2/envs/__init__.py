@@ -1,0 +1,17 @@
+"""Environment wrappers and helpers that put environments into the amago2 data layout."""
+
+from amago2.envs.tasks import (
+    MetaBandit,
+    MetaGridworld,
+    TMaze,
+    bandit_baseline_returns,
+    bandit_reference_returns,
+    gridworld_baseline_returns,
+    gridworld_reference_returns,
+    register_tasks,
+    tmaze_reference_returns,
+)
+from amago2.envs.wrappers import ActionConverter, AgentEnv, ObservationConverter
+
+# `import amago2.envs` registers amago2/TMaze-v0, amago2/MetaBandit-v0, amago2/MetaGridworld-v0.
+register_tasks()
