@@ -1,0 +1,39 @@
+from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS
+from amago2.data.replay import Prefetcher, ReplayDataset, ReplayStore, ReplayWarning, to_torch
+from amago2.data.trajectory_file import (
+    FORMAT_VERSION,
+    CorruptTrajectoryError,
+    SegmentWriter,
+    TrajectoryFile,
+    check_trajectory,
+    cleanup_temp_files,
+    load_trajectory,
+    load_trajectory_with_meta,
+    read_metadata,
+    save_trajectory,
+    split_segments,
+    write_segments,
+)
+
+__all__ = [
+    "BATCH_KEYS",
+    "TOKEN_KEYS",
+    "TRAJECTORY_KEYS",
+    "FORMAT_VERSION",
+    "CorruptTrajectoryError",
+    "SegmentWriter",
+    "TrajectoryFile",
+    "check_trajectory",
+    "cleanup_temp_files",
+    "load_trajectory",
+    "load_trajectory_with_meta",
+    "read_metadata",
+    "save_trajectory",
+    "split_segments",
+    "write_segments",
+    "Prefetcher",
+    "ReplayDataset",
+    "ReplayStore",
+    "ReplayWarning",
+    "to_torch",
+]

@@ -1,0 +1,75 @@
+"""What every benchmark script shares: the machine description, glibc tuning, and the docs page.
+
+Each script owns one section of docs/benchmarks.md between `<!-- NAME:begin -->` and
+`<!-- NAME:end -->` markers and replaces only that section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_PAGE = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def cpu_model() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = match.group(1).strip() if match else cpu
+    return cpu
+
+
+def machine_description(device: str = "cpu") -> str:
+    """One line naming the hardware, thread count, torch version and the date."""
+    dev = device
+    if device.startswith("cuda"):
+        dev += f" ({torch.cuda.get_device_name()})"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads) | "
+        f"torch {torch.__version__} | device {dev} | {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    )
+
+
+def tune_glibc_malloc() -> bool:
+    """Let glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    By default glibc serves every block above its mmap threshold (at most 32 MiB) with
+    fresh pages from the kernel and gives them back when freed, so each large tensor is
+    page-faulted in again on every iteration. That cost appears only once tensors pass
+    32 MiB, i.e. at some sizes and not others, and bends scaling curves (up to half of
+    the CPU time at L=4096 in the encoder benchmark). Returns True on success."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_docs_section(name: str, body: str, page: Path = BENCHMARKS_PAGE) -> Path:
+    """Replace (or append) the section between `<!-- name:begin -->` and `<!-- name:end -->`."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    current = page.read_text() if page.exists() else "# Benchmarks\n\nMeasured with the scripts in `benchmarks/`.\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(current):
+        current = pattern.sub(lambda _: section, current)
+    else:
+        current = current.rstrip("\n") + "\n\n" + section + "\n"
+    page.write_text(current)
+    return page
