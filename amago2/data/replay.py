@@ -1,0 +1,882 @@
+"""The replay store on disk and the sampler of training sequences.
+
+A `ReplayStore` is a set of directories of trajectory files (format: `trajectory_file.py`,
+docs/replay.md):
+
+* `<dir>/fifo`: what the agent collects. When the trajectories in it hold more than
+  `capacity_timesteps` transitions in total, the oldest files are deleted first.
+* `protected_dirs`: demonstrations, offline datasets... read (recursively) but never deleted
+  and not counted against the capacity.
+
+Collectors (this process via `add`, or other processes via `save_trajectory` into
+`store.fifo_dir`) only ever create files by atomic rename, so the learner can index and read
+the directories at the same time. The index is refreshed incrementally: a refresh lists the
+directories and opens only files it has not seen before (files named by `save_trajectory`
+carry their length in the name and are not opened at all). A file that turns out to be
+corrupt or foreign is skipped with one warning naming it; a file that disappears (evicted by
+another process) is dropped silently. Training never crashes on either.
+
+`sample(batch_size, seq_len, rng)` draws windows of seq_len + 1 tokens uniformly over all
+stored transitions: a window's first token is uniform over every transition of every file,
+so a file is picked with probability proportional to its length. Windows that run past a
+trajectory's end are zero-padded with mask False (see layout.py for the batch layout).
+
+Reading is fast without loading whole files: an uncompressed file's header (where each array
+lies) is parsed once and cached, and each window is read with one `pread` per array straight
+into the batch (read_mode="window"). Compressed files, or every file with read_mode="load",
+are loaded whole into an LRU cache bounded by `cache_bytes`. `ReplayDataset` (a torch
+IterableDataset, for DataLoader workers) and `Prefetcher` (background threads) turn samples
+into torch batches off the training thread.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import gin
+import numpy as np
+import torch
+
+from amago2.data.layout import TRAJECTORY_KEYS
+from amago2.data.trajectory_file import (
+    OBS_PREFIX,
+    CorruptTrajectoryError,
+    SegmentWriter,
+    TrajectoryFile,
+    cleanup_temp_files,
+    is_trajectory_filename,
+    load_trajectory,
+    parse_trajectory_filename,
+    save_trajectory,
+    write_segments,
+)
+
+PathLike = Union[str, Path]
+Batch = Dict[str, Any]
+"""BATCH_KEYS -> arrays [B, L+1, ...] (obs may be a dict of such arrays)."""
+
+_STATE_VERSION = 1
+_READ_MODES = ("window", "load")
+_HEADER_NBYTES = 2048  # rough in-memory size of a parsed header, for the cache budget
+
+
+class ReplayWarning(UserWarning):
+    """A file in the replay directories was skipped (it is named in the message)."""
+
+
+class _Entry:
+    """One indexed file."""
+
+    __slots__ = ("path", "length", "protected")
+
+    def __init__(self, path: str, length: int, protected: bool):
+        self.path = path
+        self.length = length  # transitions T
+        self.protected = protected
+
+
+class _LoadedTrajectory:
+    """A whole trajectory in memory, flat keys ("obs" or "obs/<k>", ...) -> arrays [T+1, ...]."""
+
+    __slots__ = ("path", "length", "arrays")
+
+    def __init__(self, path: Path, traj: Mapping[str, Any]):
+        self.path = path
+        self.length = len(traj["terminal"]) - 1
+        obs = traj["obs"]
+        self.arrays = {OBS_PREFIX + k: v for k, v in obs.items()} if isinstance(obs, Mapping) else {"obs": obs}
+        self.arrays.update({k: traj[k] for k in TRAJECTORY_KEYS[1:]})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    def row_info(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+        return {k: (a.shape[1:], a.dtype) for k, a in self.arrays.items()}
+
+
+def _walk(root: Path, recursive: bool) -> Tuple[List[str], List[str]]:
+    """(trajectory file paths, directories visited) under root; hidden names are skipped.
+
+    Symlinked subdirectories are not followed (no cycles); the root itself may be a symlink.
+    """
+    files, dirs, stack = [], [], [str(root)]
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        dirs.append(d)
+        with it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    if recursive and e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif is_trajectory_filename(e.name) and e.is_file():
+                        files.append(e.path)
+                except OSError:  # vanished between listing and stat
+                    continue
+    return files, dirs
+
+
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+@gin.configurable
+class ReplayStore:
+    """Trajectory files on disk: a FIFO of collected data plus protected (never evicted) directories.
+
+    dir: root of the store; collected trajectories go to `<dir>/fifo`. May be None when
+        capacity_timesteps is 0 (an offline store made of protected_dirs only).
+    capacity_timesteps: most transitions the fifo holds; oldest files are deleted beyond it.
+        0 means no fifo at all (offline training from protected_dirs).
+    protected_dirs: directories of trajectory files (searched recursively) that are sampled
+        from but never deleted, nor counted against the capacity.
+    read_mode: "window" reads each sampled window from disk with one pread per array (the OS
+        page cache keeps hot files in memory); "load" loads whole files into the LRU cache.
+        Compressed files are always loaded whole.
+    cache_bytes: budget of the in-memory LRU cache of loaded trajectories and parsed headers.
+    auto_refresh_s: `sample` re-indexes the fifo when the last refresh is older than this
+        (None: only on explicit `refresh()`; `add` indexes its own files at once).
+    protected_refresh_s: protected dirs (large and rarely changing) are re-listed by a
+        refresh at most this often (None: only at startup and on `refresh(protected=True)`).
+    compress, fsync: how `add` writes files (see save_trajectory).
+    readonly: never write, delete or clean anything (DataLoader workers' copies are readonly).
+    stale_temp_s: temp files older than this are removed at startup even if their writer's pid
+        still exists (see cleanup_temp_files).
+    """
+
+    def __init__(
+        self,
+        dir: Optional[PathLike],
+        capacity_timesteps: int,
+        protected_dirs: Sequence[PathLike] = (),
+        *,
+        read_mode: str = "window",
+        cache_bytes: int = 2 * 1024**3,
+        auto_refresh_s: Optional[float] = 2.0,
+        protected_refresh_s: Optional[float] = 60.0,
+        compress: bool = False,
+        fsync: bool = True,
+        readonly: bool = False,
+        stale_temp_s: float = 3600.0,
+    ):
+        if capacity_timesteps < 0:
+            raise ValueError(f"capacity_timesteps must be >= 0 (0: no fifo), got {capacity_timesteps}")
+        if read_mode not in _READ_MODES:
+            raise ValueError(f"read_mode must be one of {_READ_MODES}, got {read_mode!r}")
+        if capacity_timesteps > 0 and dir is None:
+            raise ValueError("capacity_timesteps > 0 needs `dir` for the fifo directory (<dir>/fifo)")
+        self.root = None if dir is None else Path(dir)
+        self.capacity_timesteps = int(capacity_timesteps)
+        self.fifo_dir: Optional[Path] = (
+            self.root / "fifo" if (self.root is not None and capacity_timesteps > 0) else None
+        )
+        self.protected_dirs = tuple(Path(p) for p in protected_dirs)
+        for p in self.protected_dirs:
+            if not p.is_dir():
+                raise FileNotFoundError(f"protected replay directory {p} does not exist; create it or fix the path")
+        if self.fifo_dir is not None:
+            fifo = self.fifo_dir.resolve()
+            for p in self.protected_dirs:
+                if _inside(fifo, p.resolve()) or _inside(p.resolve(), fifo):
+                    raise ValueError(f"protected dir {p} and the fifo dir {self.fifo_dir} overlap; keep them apart")
+        if self.fifo_dir is None and not self.protected_dirs:
+            raise ValueError("a ReplayStore needs a fifo (dir and capacity_timesteps > 0) or protected_dirs")
+        self.read_mode = read_mode
+        self.cache_bytes = int(cache_bytes)
+        self.auto_refresh_s = auto_refresh_s
+        self.protected_refresh_s = protected_refresh_s
+        self._last_protected_scan = float("-inf")
+        self.compress = compress
+        self.fsync = fsync
+        self.readonly = readonly
+        self.stale_temp_s = stale_temp_s
+
+        self._lock = threading.RLock()  # guards the index, counters and spec
+        self._cache_lock = threading.Lock()
+        self._init_runtime_state()
+        self._fifo: "OrderedDict[str, _Entry]" = OrderedDict()  # oldest first
+        self._protected: Dict[str, _Entry] = {}
+        self._bad: set = set()  # paths found unusable (warned once)
+        self._fifo_steps = 0
+        self._protected_steps = 0
+        self.added_files = self.added_timesteps = 0  # fifo files registered (ever, across resumes)
+        self.evicted_files = self.evicted_timesteps = 0
+        self._spec: Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]] = None  # flat key -> (row shape, dtype)
+        self._spec_source: Optional[str] = None
+        if self.fifo_dir is not None and not readonly:
+            self.fifo_dir.mkdir(parents=True, exist_ok=True)
+        if not readonly:
+            for root, recursive in self._roots():
+                for d in _walk(root, recursive)[1]:
+                    cleanup_temp_files(d, stale_after_s=stale_temp_s)
+        self.refresh(protected=True)
+
+    def _init_runtime_state(self) -> None:
+        self._cache: "OrderedDict[str, Tuple[Any, int]]" = OrderedDict()
+        self._cache_used = 0
+        self._snapshot: Optional[Tuple[List[_Entry], np.ndarray, np.ndarray]] = None
+        self._last_refresh = float("-inf")
+
+    def _roots(self) -> List[Tuple[Path, bool]]:
+        roots = [(self.fifo_dir, False)] if self.fifo_dir is not None else []
+        return roots + [(p, True) for p in self.protected_dirs]
+
+    # ------------------------------------------------------------------------- index
+
+    @property
+    def num_files(self) -> int:
+        return len(self._fifo) + len(self._protected)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Transitions available for sampling (fifo + protected)."""
+        return self._fifo_steps + self._protected_steps
+
+    @property
+    def fifo_timesteps(self) -> int:
+        return self._fifo_steps
+
+    @property
+    def protected_timesteps(self) -> int:
+        return self._protected_steps
+
+    def __len__(self) -> int:
+        return self.num_files
+
+    def __repr__(self) -> str:
+        return (
+            f"ReplayStore(fifo={self.fifo_dir}, capacity_timesteps={self.capacity_timesteps}, "
+            f"protected_dirs={[str(p) for p in self.protected_dirs]}, files={self.num_files}, "
+            f"timesteps={self.num_timesteps})"
+        )
+
+    def paths(self, protected: Optional[bool] = None) -> List[Path]:
+        """Indexed files: fifo oldest first, then protected; `protected` selects one group."""
+        with self._lock:
+            out = []
+            if protected in (None, False):
+                out += list(self._fifo)
+            if protected in (None, True):
+                out += list(self._protected)
+        return [Path(p) for p in out]
+
+    def refresh(self, protected: Optional[bool] = None) -> int:
+        """Index new files, drop vanished ones and evict beyond capacity; return how many files were added.
+
+        protected: also re-list the protected dirs (default: if protected_refresh_s has passed
+        since they were last listed).
+        """
+        with self._lock:
+            now = time.monotonic()
+            if protected is None:
+                protected = (
+                    self.protected_refresh_s is not None and now - self._last_protected_scan >= self.protected_refresh_s
+                )
+            if protected:
+                self._last_protected_scan = now
+            added = 0
+            for root, is_protected in self._roots():
+                if is_protected and not protected:
+                    continue
+                listed, _ = _walk(root, recursive=is_protected)
+                index = self._protected if is_protected else self._fifo
+                present = set(listed)
+                under = os.path.join(str(root), "")
+                for path in [p for p in index if p.startswith(under) and p not in present]:
+                    self._remove(index.pop(path))
+                # Forget bad files that are gone, so that a new file under the same name is looked at.
+                self._bad = {p for p in self._bad if p in present or not p.startswith(under)}
+                # Generated names begin with the creation time: sorting gives oldest first.
+                new = sorted((p for p in listed if p not in index and p not in self._bad), key=os.path.basename)
+                for path in new:
+                    length = self._length_of(path)
+                    if length is not None:
+                        self._insert(_Entry(path, length, is_protected))
+                        added += 1
+            self._last_refresh = now
+            if not self.readonly:
+                self._evict()
+            return added
+
+    def _length_of(self, path: str) -> Optional[int]:
+        parsed = parse_trajectory_filename(os.path.basename(path))
+        if parsed is not None:
+            return parsed[1]
+        try:  # a name we did not make: read its header (checked again when sampled)
+            return self._source(path).length
+        except FileNotFoundError:
+            return None
+        except CorruptTrajectoryError as err:
+            self._mark_bad(path, err)
+            return None
+
+    def _insert(self, entry: _Entry) -> None:
+        if entry.protected:
+            self._protected[entry.path] = entry
+            self._protected_steps += entry.length
+        else:
+            self._fifo[entry.path] = entry
+            self._fifo_steps += entry.length
+            self.added_files += 1
+            self.added_timesteps += entry.length
+        self._snapshot = None
+
+    def _remove(self, entry: _Entry) -> None:
+        """Forget an entry already popped from its index."""
+        if entry.protected:
+            self._protected_steps -= entry.length
+        else:
+            self._fifo_steps -= entry.length
+        self._snapshot = None
+        self._cache_pop(entry.path)
+
+    def _drop(self, entry: _Entry, err: Optional[CorruptTrajectoryError]) -> None:
+        """Remove an entry found missing (err None) or unusable at read time."""
+        with self._lock:
+            index = self._protected if entry.protected else self._fifo
+            if index.get(entry.path) is entry:
+                self._remove(index.pop(entry.path))
+            if err is not None:
+                self._mark_bad(entry.path, err)
+
+    def _mark_bad(self, path: str, err: CorruptTrajectoryError) -> None:
+        with self._lock:
+            if path in self._bad:
+                return
+            self._bad.add(path)
+        warnings.warn(f"ReplayStore skips a file: {err}", ReplayWarning, stacklevel=3)
+
+    def _evict(self) -> None:
+        while self._fifo_steps > self.capacity_timesteps and self._fifo:
+            _, entry = self._fifo.popitem(last=False)
+            self._remove(entry)
+            self.evicted_files += 1
+            self.evicted_timesteps += entry.length
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:  # another process evicted it first
+                pass
+
+    def _register_fifo(self, path: Path) -> None:
+        parsed = parse_trajectory_filename(path.name)
+        with self._lock:
+            if str(path) in self._fifo:
+                return
+            length = parsed[1] if parsed is not None else self._length_of(str(path))
+            if length is not None:
+                self._insert(_Entry(str(path), length, protected=False))
+            self._evict()
+
+    def _index_snapshot(self) -> Tuple[List[_Entry], np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._snapshot is None:
+                entries = list(self._fifo.values()) + list(self._protected.values())
+                lengths = np.fromiter((e.length for e in entries), dtype=np.int64, count=len(entries))
+                self._snapshot = (entries, lengths, np.cumsum(lengths))
+            return self._snapshot
+
+    # ------------------------------------------------------------------------- writing
+
+    def _writable_fifo(self) -> Path:
+        if self.readonly:
+            raise RuntimeError(
+                "this ReplayStore is readonly (e.g. a DataLoader worker's copy); add data in the main process"
+            )
+        if self.fifo_dir is None:
+            raise RuntimeError(
+                "this ReplayStore has no fifo (capacity_timesteps=0); write offline data with "
+                "amago2.data.save_trajectory into one of its protected_dirs instead"
+            )
+        return self.fifo_dir
+
+    def add(
+        self,
+        traj: Mapping[str, Any],
+        *,
+        task: Optional[str] = None,
+        returns: Optional[Sequence[float]] = None,
+        meta: Optional[Mapping[str, Any]] = None,
+    ) -> Path:
+        """Write one trajectory into the fifo (atomically), index it and evict beyond capacity."""
+        path = save_trajectory(
+            self._writable_fifo(), traj, task=task, returns=returns, meta=meta, compress=self.compress, fsync=self.fsync
+        )
+        self._register_fifo(path)
+        return path
+
+    def add_segments(
+        self,
+        traj: Mapping[str, Any],
+        max_segment_len: int,
+        *,
+        task: Optional[str] = None,
+        returns: Optional[Sequence[float]] = None,
+    ) -> List[Path]:
+        """Write a long trajectory as overlapping segments (see split_segments) into the fifo."""
+        paths = write_segments(
+            self._writable_fifo(),
+            traj,
+            max_segment_len,
+            task=task,
+            returns=returns,
+            compress=self.compress,
+            fsync=self.fsync,
+        )
+        for path in paths:
+            self._register_fifo(path)
+        return paths
+
+    def segment_writer(self, max_segment_len: int, *, task: Optional[str] = None) -> SegmentWriter:
+        """A SegmentWriter into the fifo whose files are indexed as they are written."""
+        return SegmentWriter(
+            self._writable_fifo(), max_segment_len, task=task, compress=self.compress, fsync=self.fsync,
+            on_write=self._register_fifo,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------- reading
+
+    def _cache_get(self, path: str) -> Any:
+        with self._cache_lock:
+            item = self._cache.get(path)
+            if item is not None:
+                self._cache.move_to_end(path)
+                return item[0]
+        return None
+
+    def _cache_put(self, path: str, obj: Any, nbytes: int) -> None:
+        if nbytes > self.cache_bytes:
+            return  # larger than the whole budget: used once, never cached
+        with self._cache_lock:
+            old = self._cache.pop(path, None)
+            if old is not None:
+                self._cache_used -= old[1]
+            self._cache[path] = (obj, nbytes)
+            self._cache_used += nbytes
+            while self._cache_used > self.cache_bytes:
+                _, (_, n) = self._cache.popitem(last=False)
+                self._cache_used -= n
+
+    def _cache_pop(self, path: str) -> None:
+        with self._cache_lock:
+            old = self._cache.pop(path, None)
+            if old is not None:
+                self._cache_used -= old[1]
+
+    def _source(self, path: str) -> Union[TrajectoryFile, _LoadedTrajectory]:
+        """A readable form of the file: its parsed header (window reads) or its loaded arrays."""
+        src = self._cache_get(path)
+        if src is not None:
+            return src
+        src = TrajectoryFile.open(path) if self.read_mode == "window" else None
+        if src is not None and src.mappable:
+            nbytes = _HEADER_NBYTES + sum(f.nbytes for f in src.flags.values())
+        else:
+            src = _LoadedTrajectory(Path(path), load_trajectory(path))
+            nbytes = src.nbytes
+        self._check_spec(path, src.row_info())
+        self._cache_put(path, src, nbytes)
+        return src
+
+    def preload(self) -> int:
+        """Read every indexed file into the store's cache (headers, or whole files with read_mode="load").
+
+        For an offline dataset that fits in `cache_bytes`: the first batches are then as fast
+        as the rest. Unusable files are skipped as in `sample`. Returns the number of files read.
+        """
+        done = 0
+        for entry in list(self._index_snapshot()[0]):
+            try:
+                _, fd = self._open_checked(entry)
+            except FileNotFoundError:
+                self._drop(entry, None)
+                continue
+            except CorruptTrajectoryError as err:
+                self._drop(entry, err)
+                continue
+            if fd is not None:
+                os.close(fd)
+            done += 1
+        return done
+
+    def _check_spec(self, path: str, info: Dict[str, Tuple[Tuple[int, ...], np.dtype]]) -> None:
+        """Every file of a store must give batches of one shape: the first file read sets it."""
+        with self._lock:
+            if self._spec is None:
+                self._spec, self._spec_source = info, path
+                return
+            spec = self._spec
+        problems = []
+        if set(info) != set(spec):
+            problems.append(f"arrays {sorted(info)} instead of {sorted(spec)}")
+        else:
+            for key, (shape, dtype) in info.items():
+                want_shape, want_dtype = spec[key]
+                if shape != want_shape:
+                    problems.append(f"{key} rows of shape {shape} instead of {want_shape}")
+                elif dtype != want_dtype and not np.can_cast(dtype, want_dtype, "same_kind"):
+                    problems.append(f"{key} of dtype {dtype}, which does not cast to {want_dtype}")
+        if problems:
+            raise CorruptTrajectoryError(
+                path, f"does not match the store's first file {self._spec_source}: " + "; ".join(problems)
+            )
+
+    def _open_checked(self, entry: _Entry) -> Tuple[Union[TrajectoryFile, _LoadedTrajectory], Optional[int]]:
+        """The entry's source, and an open fd for window reads (None for loaded arrays)."""
+        src = self._source(entry.path)
+        if src.length != entry.length:
+            raise CorruptTrajectoryError(entry.path, f"holds {src.length} transitions but its name says {entry.length}")
+        if isinstance(src, _LoadedTrajectory):
+            return src, None
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != src.stat_key:
+                # The name now holds a different file (rewritten in place): parse it again.
+                self._cache_pop(entry.path)
+                src = self._source(entry.path)
+                if (st.st_ino, st.st_size, st.st_mtime_ns) != src.stat_key or src.length != entry.length:
+                    raise FileNotFoundError(entry.path)  # still changing under us: treat as gone
+            return src, fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> Batch:
+        """Draw batch_size windows of seq_len + 1 tokens, uniformly over stored transitions.
+
+        Returns BATCH_KEYS -> np.ndarray [B, L+1, ...] (L = seq_len; obs may be a dict of
+        arrays): tokens start .. start + L of a trajectory, zero-padded past its end, with
+        mask[b, t] True where token t is real. start is uniform over the transitions of the
+        whole store. Unreadable files are skipped (with one warning each) and redrawn.
+        """
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+        if self.auto_refresh_s is not None and time.monotonic() - self._last_refresh >= self.auto_refresh_s:
+            self.refresh()
+        n_tokens = seq_len + 1
+        out: Optional[Dict[str, np.ndarray]] = None
+        pending = np.arange(batch_size)
+        while len(pending):
+            entries, lengths, cum = self._index_snapshot()
+            if not entries:
+                raise RuntimeError(
+                    f"the replay store has no usable trajectories to sample ({self!r}); collect data first "
+                    "or check the warnings about skipped files"
+                )
+            g = rng.integers(0, cum[-1], size=len(pending))  # a global transition index
+            file_idx = np.searchsorted(cum, g, side="right")
+            starts = g - (cum[file_idx] - lengths[file_idx])
+            order = np.argsort(file_idx, kind="stable")
+            failed: List[int] = []
+            i = 0
+            while i < len(order):  # one group of slots per file, so each file is opened once
+                j = i
+                while j < len(order) and file_idx[order[j]] == file_idx[order[i]]:
+                    j += 1
+                entry = entries[file_idx[order[i]]]
+                slots = [(int(pending[k]), int(starts[k])) for k in order[i:j]]
+                i = j
+                try:
+                    src, fd = self._open_checked(entry)
+                except FileNotFoundError:
+                    self._drop(entry, None)
+                    failed += [b for b, _ in slots]
+                    continue
+                except CorruptTrajectoryError as err:
+                    self._drop(entry, err)
+                    failed += [b for b, _ in slots]
+                    continue
+                if out is None:
+                    out = self._allocate(batch_size, n_tokens)
+                try:
+                    self._fill(src, fd, slots, out, n_tokens)
+                except CorruptTrajectoryError as err:
+                    self._drop(entry, err)
+                    failed += [b for b, _ in slots]  # redrawn: their rows are written again from scratch
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+            pending = np.asarray(failed, dtype=np.int64)
+        return self._unflatten(out)
+
+    def _allocate(self, batch_size: int, n_tokens: int) -> Dict[str, np.ndarray]:
+        with self._lock:
+            spec = dict(self._spec)
+        # Uninitialized: _fill writes every row of every slot (data, then zero padding), so
+        # zeroing here would be a second pass over a batch that can be hundreds of MiB.
+        out = {k: np.empty((batch_size, n_tokens) + shape, dtype=dtype) for k, (shape, dtype) in spec.items()}
+        out["mask"] = np.empty((batch_size, n_tokens), dtype=np.bool_)
+        return out
+
+    @staticmethod
+    def _fill(src, fd: Optional[int], slots: List[Tuple[int, int]], out: Dict[str, np.ndarray], n_tokens: int) -> None:
+        keys = [k for k in out if k != "mask"]
+        mask = out["mask"]
+        for b, start in slots:
+            n = min(n_tokens, src.length + 1 - start)
+            if fd is None:
+                for k in keys:
+                    out[k][b, :n] = src.arrays[k][start : start + n]
+            else:
+                for k in keys:
+                    src.read_rows(fd, k, start, out[k][b, :n])
+            mask[b, :n] = True
+            if n < n_tokens:  # past the trajectory's end: zeros, masked out
+                for k in keys:
+                    out[k][b, n:] = 0
+                mask[b, n:] = False
+
+    @staticmethod
+    def _unflatten(flat: Dict[str, np.ndarray]) -> Batch:
+        batch: Batch = {}
+        if "obs" in flat:
+            batch["obs"] = flat["obs"]
+        else:
+            batch["obs"] = {k[len(OBS_PREFIX) :]: v for k, v in sorted(flat.items()) if k.startswith(OBS_PREFIX)}
+        for k in TRAJECTORY_KEYS[1:] + ("mask",):
+            batch[k] = flat[k]
+        return batch
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What resuming needs besides the files on disk: the fifo's eviction order and the counters."""
+        with self._lock:
+            fifo = [os.path.relpath(p, self.fifo_dir) for p in self._fifo] if self.fifo_dir is not None else []
+            return dict(
+                version=_STATE_VERSION,
+                fifo=fifo,
+                added_files=self.added_files,
+                added_timesteps=self.added_timesteps,
+                evicted_files=self.evicted_files,
+                evicted_timesteps=self.evicted_timesteps,
+            )
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the fifo order (files still on disk keep their saved order; newer ones follow) and counters."""
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"ReplayStore state version {state.get('version')} is not {_STATE_VERSION}; "
+                "was it saved by this version of amago2?"
+            )
+        with self._lock:
+            readonly, self.readonly = self.readonly, True  # no eviction until the order is restored
+            try:
+                self.refresh()
+            finally:
+                self.readonly = readonly
+            if self.fifo_dir is not None:
+                saved = [str(self.fifo_dir / name) for name in state["fifo"]]
+                order: "OrderedDict[str, _Entry]" = OrderedDict((p, self._fifo[p]) for p in saved if p in self._fifo)
+                for p, e in self._fifo.items():
+                    order.setdefault(p, e)
+                self._fifo = order
+            self.added_files = int(state["added_files"])
+            self.added_timesteps = int(state["added_timesteps"])
+            self.evicted_files = int(state["evicted_files"])
+            self.evicted_timesteps = int(state["evicted_timesteps"])
+            self._snapshot = None
+            if not self.readonly:
+                self._evict()
+
+    # ------------------------------------------------------------------------- copies for workers
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickled for a DataLoader worker (spawn): a readonly copy of the index, no locks or cache.
+        with self._lock:
+            return self._copy_state()
+
+    def _copy_state(self) -> Dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache_lock", "_cache", "_snapshot")}
+        state["_fifo"] = OrderedDict(self._fifo)
+        state["_protected"] = dict(self._protected)
+        state["_bad"] = set(self._bad)
+        state["readonly"] = True
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._cache_lock = threading.Lock()
+        self._init_runtime_state()
+
+    def readonly_copy(self) -> "ReplayStore":
+        """A readonly view of the same directories with its own index and cache (for another thread or process).
+
+        Takes no lock: safe to call in a forked child, where a lock held by a parent's thread
+        would never be released.
+        """
+        copy = object.__new__(type(self))
+        copy.__setstate__(self._copy_state())
+        return copy
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def to_torch(
+    batch: Mapping[str, Any], device: Union[str, torch.device, None] = None, non_blocking: bool = False
+) -> Dict[str, Any]:
+    """numpy batch -> torch tensors (sharing memory on CPU), moved to device; dict obs stays a dict."""
+
+    def convert(x):
+        if isinstance(x, Mapping):
+            return {k: convert(v) for k, v in x.items()}
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        return t if device is None else t.to(device, non_blocking=non_blocking)
+
+    return {k: convert(v) for k, v in batch.items()}
+
+
+def _pin(batch: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (_pin(v) if isinstance(v, dict) else v.pin_memory()) for k, v in batch.items()}
+
+
+class ReplayDataset(torch.utils.data.IterableDataset):
+    """Endless torch batches from a ReplayStore, for `DataLoader(dataset, batch_size=None, num_workers=k)`.
+
+    Each worker samples from its own readonly copy of the store (refreshed every
+    store.auto_refresh_s) with its own random stream: SeedSequence([seed, torch's worker
+    seed]), so workers never repeat each other's draws, and runs are reproducible under
+    torch.manual_seed when `seed` is given. num_batches (per iterator, split across workers)
+    makes it finite.
+    """
+
+    def __init__(
+        self,
+        store: ReplayStore,
+        batch_size: int,
+        seq_len: int,
+        seed: Optional[int] = None,
+        num_batches: Optional[int] = None,
+    ):
+        super().__init__()
+        self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
+        self.seed, self.num_batches = seed, num_batches
+        self._iterations = 0
+
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        if info is None:  # in the main process: a new stream per iterator
+            store, count = self.store, self.num_batches
+            seq = np.random.SeedSequence(None if self.seed is None else [self.seed, self._iterations])
+            self._iterations += 1
+        else:
+            store = self.store.readonly_copy()
+            seq = np.random.SeedSequence(info.seed if self.seed is None else [self.seed, info.seed])
+            count = None
+            if self.num_batches is not None:
+                count = self.num_batches // info.num_workers + (info.id < self.num_batches % info.num_workers)
+        rng = np.random.default_rng(seq)
+        produced = 0
+        while count is None or produced < count:
+            yield to_torch(store.sample(self.batch_size, self.seq_len, rng))
+            produced += 1
+
+
+class _Failure:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+class Prefetcher:
+    """Sample batches in background threads while the learner trains; iterate to get torch batches.
+
+    File reads and numpy copies release the GIL, so a thread or two hide most sampling time.
+    With num_threads=1 and a seed the stream of batches is reproducible.
+
+        with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
+            for step, batch in zip(range(n_steps), batches): ...
+    """
+
+    def __init__(
+        self,
+        store: ReplayStore,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: Optional[int] = None,
+        depth: int = 2,
+        num_threads: int = 1,
+        device: Union[str, torch.device, None] = None,
+        pin_memory: bool = False,
+    ):
+        if depth < 1 or num_threads < 1:
+            raise ValueError(f"depth and num_threads must be >= 1, got {depth} and {num_threads}")
+        self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
+        self.device, self.pin_memory = device, pin_memory
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        seqs = np.random.SeedSequence(seed).spawn(num_threads)
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(np.random.default_rng(s),), name=f"replay-prefetch-{i}", daemon=True
+            )
+            for i, s in enumerate(seqs)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, rng: np.random.Generator) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, rng))
+                if self.pin_memory:
+                    batch = _pin(batch)
+                if not self._put(batch):
+                    return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._put(_Failure(err))
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            self.close()
+            raise RuntimeError(f"replay prefetch thread failed: {item.err!r}") from item.err
+        if self.device is None:
+            return item
+        return to_torch(item, self.device, non_blocking=self.pin_memory)
+
+    def close(self) -> None:
+        """Stop the threads (batches still queued are dropped)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        for t in self._threads:
+            t.join(timeout=5.0)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
