@@ -555,12 +555,16 @@ class ReplayStore:
             raise
 
     def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> Batch:
-        """Draw batch_size windows of seq_len + 1 tokens, uniformly over stored transitions.
+        """Draw batch_size windows of seq_len + 1 tokens.
 
         Returns BATCH_KEYS -> np.ndarray [B, L+1, ...] (L = seq_len; obs may be a dict of
         arrays): tokens start .. start + L of a trajectory, zero-padded past its end, with
-        mask[b, t] True where token t is real. start is uniform over the transitions of the
-        whole store. Unreadable files are skipped (with one warning each) and redrawn.
+        mask[b, t] True where token t is real. A trajectory is drawn with probability
+        proportional to its number of transitions T (uniform over timesteps, not files), and
+        start is uniform over 0 .. max(0, T - L): a trajectory that fits in the window is
+        always seen whole from its first token (a memory task's cue is never cut off), and a
+        longer one always fills the window. Unreadable files are skipped (with one warning
+        each) and redrawn.
         """
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -578,7 +582,8 @@ class ReplayStore:
                 )
             g = rng.integers(0, cum[-1], size=len(pending))  # a global transition index
             file_idx = np.searchsorted(cum, g, side="right")
-            starts = g - (cum[file_idx] - lengths[file_idx])
+            last_start = np.maximum(lengths[file_idx] - seq_len, 0)
+            starts = rng.integers(0, last_start + 1)
             order = np.argsort(file_idx, kind="stable")
             failed: List[int] = []
             i = 0
