@@ -555,6 +555,12 @@ class AgentEnv(gym.Wrapper):
         prev_action = self.action_converter.encode(action)
         obs, reward, terminated, truncated, env_info = self.env.step(self.action_converter.to_env(action))
         reward = float(reward)
+        if not math.isfinite(reward):
+            raise ValueError(
+                f"{self.env_name} returned a non-finite reward ({reward}) at step {self._time + 1} of episode "
+                f"{self._episode + 1}; a NaN or Inf reward would poison the replay data and the loss. "
+                "Fix the environment (or clip its reward in a gymnasium wrapper)."
+            )
         self._time += 1
         self._returns[-1] += reward
         self._lengths[-1] += 1

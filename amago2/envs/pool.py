@@ -1,0 +1,745 @@
+"""Parallel environments for rollouts: a batch of `AgentEnv`s stepped together, with auto-reset.
+
+`EnvPool` holds n `AgentEnv`s and steps them with one batch of agent actions. Every token
+it returns has a new first axis [n_envs, ...] (a dict observation is batched per key), and
+an env whose trial ended is reset on the spot, so the agent always has a token to act on:
+
+    pool = make_pool("amago2/TMaze-v0", n_envs=8, mode="async", trial_episodes=2)
+    tokens = pool.reset()
+    res = pool.step(actions)          # res.tokens: what the agent sees next
+    # res.new_trial[i]: env i started a new trial -> reset the agent's memory for env i;
+    # res.final_tokens[i] is the last token of the trial that just ended (it closes the
+    # stored trajectory), res.infos[i]["trial"] its per-episode returns.
+
+Modes: "sync" steps the envs one after another in this process (best for envs that step
+in microseconds, where a pipe round trip costs more than the step). "async" runs the envs
+in worker processes, each holding a contiguous slice of them, so one round trip serves
+several envs and slow envs step in parallel.
+
+Async workers are started with the "spawn" method: torch may already be imported (and its
+thread pools started) in the parent, and forking a process with live threads can deadlock.
+Consequences of spawn:
+
+* `env_fns` travel to the workers by pickling. They are pickled with cloudpickle, so
+  lambdas and closures work; what they capture must itself be picklable (no open files or
+  env instances).
+* A script that makes an async pool must guard its entry point with
+  `if __name__ == "__main__":`, because each worker imports the parent's main module.
+* gin bindings of the parent are replayed in every worker (see `_gin_state`), so
+  `TMaze.horizon = 10` in a gin file means the same in both modes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import gin
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from amago2.envs.wrappers import AgentEnv, Token
+
+try:
+    import cloudpickle as _cloudpickle
+except ImportError:  # pragma: no cover - cloudpickle comes with gymnasium
+    _cloudpickle = None
+
+EnvFn = Callable[[], AgentEnv]
+EnvSpec = Union[str, Callable[..., Any]]
+
+POOL_MODES = ("sync", "async")
+
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+_CLOSE_TIMEOUT_S = 5.0
+"""How long close() waits for a worker to exit on its own before terminating it."""
+
+
+class EnvPoolError(RuntimeError):
+    """An environment of the pool raised. Names the env (index and task) and what it was
+    doing, and carries the full traceback text (from the worker process in async mode)."""
+
+    def __init__(self, env_index: int, env_name: str, phase: str, traceback_text: str, where: str = "this process"):
+        self.env_index = env_index
+        self.env_name = env_name
+        self.phase = phase
+        self.traceback_text = traceback_text
+        last = traceback_text.strip().splitlines()[-1] if traceback_text.strip() else "unknown error"
+        super().__init__(
+            f"env {env_index} ({env_name}) failed during {phase} in {where}: {last}\n"
+            f"The pool is closed; make a new one after fixing the env.\n"
+            f"--- traceback of env {env_index} ---\n{traceback_text}"
+        )
+
+
+@dataclass
+class StepResult:
+    """What `EnvPool.step` returns; every array has the batch axis [n_envs] first.
+
+    tokens:        the tokens the agent sees next (for an env whose trial just ended: the
+                   first token of its new trial).
+    rewards:       float32 [n], the reward of this step.
+    terminated:    bool [n], the trial ended in a true terminal state (its final token is
+                   `terminal` in the layout's sense).
+    truncated:     bool [n], the trial ended without a terminal state (time limit, ...).
+    new_trial:     bool [n], `tokens[i]` starts a new trial: the agent must reset its
+                   memory for env i. Equal to terminated | truncated.
+    final_tokens:  env index -> last token of the trial that ended at this step (unbatched),
+                   which closes the stored trajectory; it is not shown to the agent.
+    infos:         one dict per env: AgentEnv's step info (`task` names the env; `trial`
+                   summarises a finished trial), plus `reset_info` where the env was reset.
+    """
+
+    tokens: Dict[str, Any]
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    new_trial: np.ndarray
+    final_tokens: Dict[int, Token]
+    infos: List[Dict[str, Any]]
+
+
+# --------------------------------------------------------------------------------------
+# Batching helpers (shared by the sync loop and the workers)
+# --------------------------------------------------------------------------------------
+
+
+def _stack(tokens: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Unbatched tokens -> one token with a new first axis (nested dicts batched per key)."""
+    out: Dict[str, Any] = {}
+    for key, value in tokens[0].items():
+        if isinstance(value, Mapping):
+            out[key] = _stack([t[key] for t in tokens])
+        else:
+            out[key] = np.stack([t[key] for t in tokens])
+    return out
+
+
+def _concat(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Batched tokens of consecutive env slices -> one batch."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    out: Dict[str, Any] = {}
+    for key, value in parts[0].items():
+        if isinstance(value, Mapping):
+            out[key] = _concat([p[key] for p in parts])
+        else:
+            out[key] = np.concatenate([p[key] for p in parts])
+    return out
+
+
+def _env_label(env: Any) -> str:
+    return str(getattr(env, "env_name", type(env).__name__))
+
+
+def _reset_envs(envs: Sequence[AgentEnv], seeds: Optional[Sequence[int]], offset: int) -> Dict[str, Any]:
+    tokens = []
+    for j, env in enumerate(envs):
+        try:
+            token, _ = env.reset(seed=None if seeds is None else int(seeds[j]))
+        except Exception as e:
+            raise EnvPoolError(offset + j, _env_label(env), "reset()", traceback.format_exc()) from e
+        tokens.append(token)
+    return _stack(tokens)
+
+
+def _step_envs(envs: Sequence[AgentEnv], actions: np.ndarray, offset: int) -> Tuple[Any, ...]:
+    """Step a slice of envs (global indices offset, offset + 1, ...) with auto-reset.
+
+    Returns (batched tokens, rewards, terminated, truncated, new_trial, final_tokens, infos)
+    with final_tokens keyed by the global env index."""
+    m = len(envs)
+    rewards = np.empty(m, dtype=np.float32)
+    terminated = np.empty(m, dtype=np.bool_)
+    truncated = np.empty(m, dtype=np.bool_)
+    tokens: List[Token] = []
+    finals: Dict[int, Token] = {}
+    infos: List[Dict[str, Any]] = []
+    for j, env in enumerate(envs):
+        phase = "step()"
+        try:
+            token, reward, term, trunc, info = env.step(actions[j])
+            if term or trunc:
+                # Auto-reset: the agent gets the new trial's first token right away; the
+                # finished trial's last token goes to the caller to close its trajectory.
+                # Unseeded, so the env's generator moves on and new tasks keep coming.
+                finals[offset + j] = token
+                phase = "reset() after its trial ended"
+                token, reset_info = env.reset()
+                info["reset_info"] = reset_info
+        except Exception as e:
+            raise EnvPoolError(offset + j, _env_label(env), phase, traceback.format_exc()) from e
+        rewards[j] = reward
+        terminated[j] = term
+        truncated[j] = trunc
+        tokens.append(token)
+        infos.append(info)
+    new_trial = terminated | truncated
+    return _stack(tokens), rewards, terminated, truncated, new_trial, finals, infos
+
+
+def _describe(env: Any) -> Dict[str, Any]:
+    """What the parent needs to validate an env (sent back from the workers)."""
+    if not isinstance(env, AgentEnv):
+        return {"agent_env": False, "type": type(env).__name__}
+    return {
+        "agent_env": True,
+        "name": env.env_name,
+        "observation_space": env.observation_space,
+        "action_space": env.action_space,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Space checks
+# --------------------------------------------------------------------------------------
+
+
+def _obs_structure(space: spaces.Space) -> Any:
+    """What must agree between envs for their observations to batch: keys, shapes, dtypes."""
+    if isinstance(space, spaces.Dict):
+        return {k: _obs_structure(s) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Box):
+        return (tuple(space.shape), np.dtype(space.dtype).str)
+    return (type(space).__name__, str(space))
+
+
+def _obs_union(a: spaces.Space, b: spaces.Space) -> spaces.Space:
+    """The smallest space holding both (same structure): bounds may differ between tasks,
+    and the agent must be told the range all of them cover."""
+    if isinstance(a, spaces.Dict):
+        return spaces.Dict({k: _obs_union(a.spaces[k], b.spaces[k]) for k in a.spaces})
+    if isinstance(a, spaces.Box):
+        if np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high):
+            return a
+        return spaces.Box(np.minimum(a.low, b.low), np.maximum(a.high, b.high), a.shape, a.dtype)
+    return a
+
+
+def _check_envs(descriptions: Sequence[Dict[str, Any]]) -> Tuple[spaces.Space, spaces.Space]:
+    """Validate the envs of a pool; returns the pool's (observation_space, action_space)."""
+    for i, d in enumerate(descriptions):
+        if not d["agent_env"]:
+            raise TypeError(
+                f"EnvPool: env_fns[{i}] returned a {d['type']}, not an AgentEnv. Wrap it: "
+                f"`lambda: AgentEnv(make_env(), trial_episodes=k)`, or build the pool with "
+                f"make_pool(), which wraps gymnasium envs and ids itself."
+            )
+    first = descriptions[0]
+    obs_space, action_space = first["observation_space"], first["action_space"]
+    for i, d in enumerate(descriptions[1:], start=1):
+        if _obs_structure(d["observation_space"]) != _obs_structure(first["observation_space"]):
+            raise ValueError(
+                f"EnvPool: env {i} ({d['name']}) has observation space {d['observation_space']} "
+                f"but env 0 ({first['name']}) has {first['observation_space']}. All envs of a "
+                f"pool must give the agent observations of the same keys, shapes and dtypes; "
+                f"pad the tasks of a multi-task suite to one space with the suite's wrappers "
+                f"before pooling them."
+            )
+        if d["action_space"] != action_space:
+            raise ValueError(
+                f"EnvPool: env {i} ({d['name']}) has agent action space {d['action_space']} "
+                f"but env 0 ({first['name']}) has {action_space}. One agent acts in every env "
+                f"of a pool, so all must share the action space; pad the tasks of a "
+                f"multi-task suite to one action space with the suite's wrappers first."
+            )
+        obs_space = _obs_union(obs_space, d["observation_space"])
+    return obs_space, action_space
+
+
+# --------------------------------------------------------------------------------------
+# Async workers
+# --------------------------------------------------------------------------------------
+
+
+def _send(conn: Any, message: Any) -> None:
+    # Connection.send builds a new ForkingPickler (copying its dispatch table) per message,
+    # which costs more than stepping a small env; plain pickle of the message is ~5x cheaper.
+    conn.send_bytes(pickle.dumps(message, protocol=_PICKLE_PROTOCOL))
+
+
+def _recv(conn: Any) -> Any:
+    return pickle.loads(conn.recv_bytes())
+
+
+def _dumps(fn: Callable[..., Any], index: int) -> bytes:
+    try:
+        if _cloudpickle is not None:
+            return _cloudpickle.dumps(fn)
+        return pickle.dumps(fn)
+    except Exception as e:
+        hint = "" if _cloudpickle is not None else " (install cloudpickle to send lambdas and closures)"
+        raise ValueError(
+            f"EnvPool(mode='async'): env_fns[{index}] = {fn!r} cannot be pickled for the worker "
+            f"process{hint}: {type(e).__name__}: {e}. Make it a module-level function or a "
+            f"functools.partial of picklable arguments (not an env instance), or use mode='sync'."
+        ) from e
+
+
+def _gin_state() -> Tuple[str, List[str]]:
+    """The parent's gin bindings and the modules defining the bound configurables.
+
+    Workers are fresh interpreters with no gin config, so without this an env configured
+    by gin (e.g. `TMaze.horizon = 10`) would silently use its defaults in async mode. The
+    modules are imported in the worker first so that their configurables are registered."""
+    try:
+        text = gin.config_str()
+    except Exception:  # a value gin cannot print: the worker warns about missing bindings
+        return "", []
+    modules = set()
+    try:  # private gin API: best effort, the config text alone covers amago2's own modules
+        for _, selector in gin.config._CONFIG:
+            match = gin.config._REGISTRY.get_match(selector)
+            if match is not None:
+                modules.add(match.wrapped.__module__)
+    except Exception:
+        pass
+    modules.discard("__main__")  # not importable under that name in a worker
+    return text, sorted(modules)
+
+
+def _replay_gin(gin_text: str, gin_modules: Sequence[str]) -> List[str]:
+    notes = []
+    if not gin_text.strip():
+        return notes
+    for name in gin_modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            notes.append(f"could not import {name} ({type(e).__name__}: {e}); its gin bindings are skipped")
+    try:
+        gin.parse_config(gin_text, skip_unknown=True)
+    except Exception as e:
+        notes.append(f"could not replay the gin config ({type(e).__name__}: {e}); envs use their defaults")
+    return notes
+
+
+def _worker_main(conn: Any, payloads: List[bytes], offset: int, gin_text: str, gin_modules: List[str]) -> None:
+    """Worker loop: build envs[offset : offset + len(payloads)], then serve commands.
+
+    Replies are ("ok", result) or ("error", (env index, env name, phase, traceback text))."""
+    # Ctrl-C reaches the whole process group; the parent handles it and closes the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # n workers each running a full-size math thread pool would oversubscribe the cores.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    envs: List[Any] = []
+    try:
+        # Unpickle first: it imports the modules the factories live in (and so registers
+        # their gin configurables) before the config is replayed.
+        fns = []
+        for j, payload in enumerate(payloads):
+            try:
+                fns.append(pickle.loads(payload))
+            except Exception as e:
+                tb = traceback.format_exc()
+                raise EnvPoolError(offset + j, f"env_fns[{offset + j}]", "unpickling in the worker", tb) from e
+        notes = _replay_gin(gin_text, gin_modules)
+        for j, fn in enumerate(fns):
+            try:
+                envs.append(fn())
+            except Exception as e:
+                raise EnvPoolError(offset + j, f"env_fns[{offset + j}]", "construction", traceback.format_exc()) from e
+        _send(conn, ("ok", ([_describe(env) for env in envs], notes)))
+    except EnvPoolError as e:
+        _send(conn, ("error", (e.env_index, e.env_name, e.phase, e.traceback_text)))
+    while True:
+        try:
+            cmd, arg = _recv(conn)
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if cmd == "close":
+            break
+        try:
+            if cmd == "step":
+                _send(conn, ("ok", _step_envs(envs, arg, offset)))
+            elif cmd == "reset":
+                _send(conn, ("ok", _reset_envs(envs, arg, offset)))
+            else:
+                _send(conn, ("error", (offset, "?", f"unknown command {cmd!r}", "")))
+        except EnvPoolError as e:
+            _send(conn, ("error", (e.env_index, e.env_name, e.phase, e.traceback_text)))
+        except (BrokenPipeError, EOFError):
+            break
+        except Exception:  # most likely a result that cannot be pickled (an info value)
+            tb = traceback.format_exc()
+            where = f"envs {offset}..{offset + len(envs) - 1}"
+            _send(conn, ("error", (offset, where, f"sending the {cmd} result", tb)))
+    for env in envs:
+        try:
+            env.close()
+        except Exception:
+            pass
+    conn.close()
+
+
+# --------------------------------------------------------------------------------------
+# The pool
+# --------------------------------------------------------------------------------------
+
+
+@gin.configurable
+class EnvPool:
+    """n `AgentEnv`s stepped as a batch, each reset automatically when its trial ends.
+
+    Args:
+        env_fns: one zero-argument callable per env, each returning an `AgentEnv`.
+        mode: "sync" (step in this process) or "async" (worker processes).
+        n_workers: async worker processes, each stepping a contiguous slice of the envs;
+            default min(n_envs, os.cpu_count()), capped at n_envs.
+        seed: env i is reset with seed `seed + i` at the pool's first reset only; later
+            resets are unseeded, so every env keeps drawing new tasks.
+        start_method: multiprocessing start method of the workers ("spawn" default, see the
+            module docstring; "forkserver" starts faster where available).
+
+    API:
+        reset() -> batched tokens (every env starts a new trial)
+        step(actions) -> StepResult
+        env_names, n_envs, observation_space, action_space, close(); also a context manager.
+
+    All envs must give the same observation structure (keys, shapes, dtypes) and the same
+    agent action space; observation bounds may differ, and `observation_space` then covers
+    all of them. Returned arrays are fresh each call (safe to keep).
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[EnvFn],
+        mode: str = "sync",
+        n_workers: Optional[int] = None,
+        seed: int = 0,
+        start_method: str = "spawn",
+    ):
+        self._closed = True  # until construction succeeds, so __del__ / close() are safe
+        self._procs: List[Any] = []
+        self._conns: List[Any] = []
+        self._envs: List[AgentEnv] = []
+        if mode not in POOL_MODES:
+            raise ValueError(f"EnvPool mode must be one of {POOL_MODES}, got {mode!r}")
+        if isinstance(env_fns, (str, bytes)) or not isinstance(env_fns, Sequence) or len(env_fns) == 0:
+            raise ValueError(
+                f"EnvPool needs a non-empty list of zero-argument callables returning AgentEnvs, "
+                f"got {env_fns!r}; for gym ids or plain gymnasium envs use make_pool()."
+            )
+        for i, fn in enumerate(env_fns):
+            if not callable(fn) or isinstance(fn, gym.Env):
+                raise TypeError(
+                    f"EnvPool: env_fns[{i}] is a {type(fn).__name__}, not a factory. Pass a "
+                    f"zero-argument callable that builds the env (each env of a pool must be "
+                    f"its own instance), e.g. `lambda: AgentEnv(...)`."
+                )
+        self.n_envs = len(env_fns)
+        self.mode = mode
+        self.seed = int(seed)
+        self._seeded = False
+        self._needs_reset = True
+        self._failure: Optional[str] = None
+
+        if mode == "sync":
+            self._closed = False
+            for i, fn in enumerate(env_fns):
+                try:
+                    env = fn()
+                except Exception as e:
+                    self.close()
+                    raise EnvPoolError(i, f"env_fns[{i}]", "construction", traceback.format_exc()) from e
+                self._envs.append(env)
+            descriptions = [_describe(env) for env in self._envs]
+        else:
+            descriptions = self._start_workers(env_fns, n_workers, start_method)
+        try:
+            self.observation_space, self.action_space = _check_envs(descriptions)
+        except Exception:
+            self.close()
+            raise
+        self.env_names: List[str] = [d["name"] for d in descriptions]
+        self._discrete = isinstance(self.action_space, spaces.Discrete)
+
+    # ------------------------------------------------------------------ async plumbing
+
+    def _start_workers(
+        self, env_fns: Sequence[EnvFn], n_workers: Optional[int], start_method: str
+    ) -> List[Dict[str, Any]]:
+        if n_workers is None:
+            n_workers = min(self.n_envs, os.cpu_count() or 1)
+        if int(n_workers) != n_workers or n_workers < 1:
+            raise ValueError(f"EnvPool n_workers must be a positive integer, got {n_workers!r}")
+        # An idle worker would only cost a process.
+        n_workers = min(int(n_workers), self.n_envs)
+        if start_method not in mp.get_all_start_methods():
+            raise ValueError(
+                f"EnvPool start_method {start_method!r} is not available here; choose one of "
+                f"{mp.get_all_start_methods()}."
+            )
+        payloads = [_dumps(fn, i) for i, fn in enumerate(env_fns)]
+        bounds = np.linspace(0, self.n_envs, n_workers + 1).round().astype(int)
+        self._slices = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        gin_text, gin_modules = _gin_state()
+        ctx = mp.get_context(start_method)
+        self._closed = False
+        for lo, hi in self._slices:
+            parent_conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker_main,
+                args=(child_conn, payloads[lo:hi], lo, gin_text, gin_modules),
+                name=f"amago2-EnvPool-worker-{lo}-{hi}",
+                daemon=True,  # never outlive the parent
+            )
+            proc.start()
+            # The parent's copy of the child's end must go, so that recv() sees EOF if the
+            # worker dies instead of blocking forever.
+            child_conn.close()
+            self._procs.append(proc)
+            self._conns.append(parent_conn)
+        replies = self._request(None, "construction")
+        descriptions: List[Dict[str, Any]] = []
+        notes = set()
+        for described, worker_notes in replies:
+            descriptions.extend(described)
+            notes.update(worker_notes)
+        for note in sorted(notes):
+            warnings.warn(f"EnvPool worker: {note}", RuntimeWarning, stacklevel=3)
+        return descriptions
+
+    def _dead_worker_error(self, w: int, phase: str) -> EnvPoolError:
+        lo, hi = self._slices[w]
+        proc = self._procs[w]
+        proc.join(timeout=1.0)
+        return EnvPoolError(
+            lo, f"envs {lo}..{hi - 1}", phase,
+            f"worker process {proc.pid} (envs {lo}..{hi - 1}) died (exit code {proc.exitcode}) without "
+            f"replying: it was killed (out of memory?) or crashed in native code.",
+            where=f"worker {w}",
+        )  # fmt: skip
+
+    def _request(self, messages: Optional[Sequence[Any]], phase: str) -> List[Any]:
+        """Send one message to every worker (None: only receive), then receive one reply
+        from every worker that got it, so the pipes stay in step even when one fails; then
+        raise the first failure (after closing the pool, whose envs are now out of step)."""
+        error: Optional[EnvPoolError] = None
+        listening = list(range(len(self._conns)))
+        if messages is not None:
+            listening = []
+            for w, (conn, message) in enumerate(zip(self._conns, messages)):
+                try:
+                    _send(conn, message)
+                    listening.append(w)
+                except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+                    error = error or self._dead_worker_error(w, phase)
+        results = []
+        for w in listening:
+            try:
+                status, payload = _recv(self._conns[w])
+            except (EOFError, ConnectionResetError, OSError):
+                error = error or self._dead_worker_error(w, phase)
+                continue
+            if status == "ok":
+                results.append(payload)
+            elif error is None:
+                index, name, failed_phase, tb = payload
+                error = EnvPoolError(index, name, failed_phase, tb, where=f"worker process {self._procs[w].pid}")
+        if error is not None:
+            self._failure = str(error).splitlines()[0]
+            self.close()
+            raise error
+        return results
+
+    def _check_open(self) -> None:
+        if self._closed:
+            why = f" after a failure ({self._failure})" if self._failure else ""
+            raise RuntimeError(f"EnvPool is closed{why}; make a new pool.")
+
+    # ------------------------------------------------------------------ API
+
+    def reset(self) -> Dict[str, Any]:
+        """Start a new trial in every env; returns their first tokens, batched [n_envs, ...]."""
+        self._check_open()
+        seeds = None if self._seeded else [self.seed + i for i in range(self.n_envs)]
+        if self.mode == "sync":
+            try:
+                tokens = _reset_envs(self._envs, seeds, 0)
+            except EnvPoolError as e:
+                self._failure = str(e).splitlines()[0]
+                self.close()
+                raise
+        else:
+            messages = [("reset", None if seeds is None else seeds[lo:hi]) for lo, hi in self._slices]
+            tokens = _concat(self._request(messages, "reset()"))
+        self._seeded = True
+        self._needs_reset = False
+        return tokens
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        if not isinstance(actions, np.ndarray) and hasattr(actions, "cpu"):  # a torch tensor
+            actions = actions.cpu().numpy()
+        arr = np.asarray(actions)
+        if self._discrete:
+            if arr.ndim == 2 and arr.shape[1] == 1:
+                arr = arr[:, 0]
+            if arr.shape != (self.n_envs,) or not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(
+                    f"EnvPool.step expects {self.n_envs} integer actions (shape ({self.n_envs},)) for "
+                    f"the discrete action space {self.action_space}; got shape {arr.shape}, dtype "
+                    f"{arr.dtype}. Cast with .astype(np.int64) / .long() if they are floats."
+                )
+        else:
+            dim = self.action_space.shape[0]
+            arr = arr.astype(np.float32, copy=False)
+            if arr.shape != (self.n_envs, dim):
+                raise ValueError(
+                    f"EnvPool.step expects continuous actions of shape ({self.n_envs}, {dim}) for "
+                    f"{self.action_space}; got shape {arr.shape}."
+                )
+        return arr
+
+    def step(self, actions: Any) -> StepResult:
+        """Step every env with its action; envs whose trial ended are reset (see StepResult)."""
+        self._check_open()
+        if self._needs_reset:
+            raise RuntimeError("EnvPool.step() called before reset(); call reset() first.")
+        arr = self._check_actions(actions)
+        if self.mode == "sync":
+            try:
+                out = _step_envs(self._envs, arr, 0)
+            except EnvPoolError as e:
+                self._failure = str(e).splitlines()[0]
+                self.close()
+                raise
+            return StepResult(*out)
+        parts = self._request([("step", arr[lo:hi]) for lo, hi in self._slices], "step()")
+        if len(parts) == 1:
+            return StepResult(*parts[0])
+        finals: Dict[int, Token] = {}
+        infos: List[Dict[str, Any]] = []
+        for p in parts:
+            finals.update(p[5])
+            infos.extend(p[6])
+        return StepResult(
+            tokens=_concat([p[0] for p in parts]),
+            rewards=np.concatenate([p[1] for p in parts]),
+            terminated=np.concatenate([p[2] for p in parts]),
+            truncated=np.concatenate([p[3] for p in parts]),
+            new_trial=np.concatenate([p[4] for p in parts]),
+            final_tokens=finals,
+            infos=infos,
+        )
+
+    def close(self) -> None:
+        """Close every env and stop the workers. Safe to call more than once."""
+        self._closed = True
+        for env in self._envs:
+            try:
+                env.close()
+            except Exception:
+                pass
+        self._envs = []
+        for conn in self._conns:
+            try:
+                _send(conn, ("close", None))
+            except Exception:  # the worker is already gone
+                pass
+        for proc in self._procs:
+            proc.join(timeout=_CLOSE_TIMEOUT_S)
+            if proc.is_alive():  # stuck in an env: it holds no state worth waiting for
+                proc.terminate()
+                proc.join(timeout=_CLOSE_TIMEOUT_S)
+        for conn in self._conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self._procs, self._conns = [], []
+
+    def __enter__(self) -> "EnvPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit modules may already be torn down
+            pass
+
+    def __repr__(self) -> str:
+        return f"EnvPool(n_envs={self.n_envs}, mode={self.mode!r}, tasks={sorted(set(self.env_names))})"
+
+
+# --------------------------------------------------------------------------------------
+# Convenience
+# --------------------------------------------------------------------------------------
+
+
+def _build_agent_env(spec: EnvSpec, trial_episodes: int, env_kwargs: Dict[str, Any]) -> AgentEnv:
+    """One env of make_pool (module-level so that it pickles without cloudpickle)."""
+    env = gym.make(spec, **env_kwargs) if isinstance(spec, str) else spec(**env_kwargs)
+    if isinstance(env, AgentEnv):
+        return env  # already wrapped: its own trial_episodes and name stand
+    if not isinstance(env, gym.Env):
+        raise TypeError(
+            f"make_pool: {spec!r} returned a {type(env).__name__}; it must return a gymnasium.Env "
+            f"or an AgentEnv."
+        )
+    return AgentEnv(env, trial_episodes=trial_episodes)
+
+
+@gin.configurable
+def make_pool(
+    env: Union[EnvSpec, Sequence[EnvSpec]],
+    n_envs: int,
+    mode: str = "sync",
+    trial_episodes: int = 1,
+    seed: int = 0,
+    env_kwargs: Optional[Dict[str, Any]] = None,
+    n_workers: Optional[int] = None,
+) -> EnvPool:
+    """A pool of `n_envs` envs from a gym id, a factory, or a list of them.
+
+    Args:
+        env: a registered gymnasium id, a callable returning a gymnasium env or an
+            `AgentEnv`, or a list of those (multi-task: env i runs entry i % len(list), so
+            each actor keeps one task; with n_envs < len(list) the later entries go unused).
+        n_envs: number of envs.
+        mode, seed, n_workers: see `EnvPool`.
+        trial_episodes: episodes per trial for envs this function wraps in `AgentEnv`
+            (a callable that returns an AgentEnv keeps its own).
+        env_kwargs: keyword arguments for `gym.make(id, **env_kwargs)`, or for the callable.
+    """
+    if int(n_envs) != n_envs or n_envs < 1:
+        raise ValueError(f"make_pool: n_envs must be a positive integer, got {n_envs!r}")
+    if isinstance(env, gym.Env):
+        raise TypeError(
+            f"make_pool: got an env instance ({type(env).__name__}); pass a gym id or a callable "
+            f"that builds the env (each env of a pool needs its own instance), e.g. "
+            f"`lambda: MyEnv()` instead of `MyEnv()`."
+        )
+    if isinstance(env, str) or callable(env):
+        entries: List[Any] = [env]
+    elif isinstance(env, Sequence) and len(env) > 0:
+        entries = list(env)
+    else:
+        raise ValueError(f"make_pool: env must be a gym id, a callable, or a non-empty list of them; got {env!r}")
+    for k, entry in enumerate(entries):
+        if isinstance(entry, gym.Env) or not (isinstance(entry, str) or callable(entry)):
+            raise TypeError(
+                f"make_pool: entry {k} is a {type(entry).__name__}. Pass a gym id or a callable "
+                f"that builds the env (each env of a pool needs its own instance), e.g. "
+                f"`lambda: MyEnv()` instead of `MyEnv()`."
+            )
+    kwargs = dict(env_kwargs or {})
+    fns = [
+        functools.partial(_build_agent_env, entries[i % len(entries)], int(trial_episodes), kwargs)
+        for i in range(int(n_envs))
+    ]
+    return EnvPool(fns, mode=mode, n_workers=n_workers, seed=seed)
