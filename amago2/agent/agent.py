@@ -223,6 +223,10 @@ class Agent(nn.Module):
         return torch.ones_like(adv)
 
     # ----------------------------------------------------------------------- loss
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Same as `loss`: a forward() lets DistributedDataParallel hook the gradient sync."""
+        return self.loss(batch)
+
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The total training loss on a batch in the layout of `amago2/data/layout.py`, and metrics."""
         tokens = self._tokens(batch)

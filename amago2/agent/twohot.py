@@ -67,14 +67,19 @@ class ValueBins(torch.nn.Module):
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         """values [...] -> label probabilities [..., n_bins]; values outside the range clip to the edge bins."""
-        s = self._to_space(values.to(torch.promote_types(values.dtype, torch.float32))).clamp(self.lo, self.hi)
-        if self.label == "hlgauss":
-            return self._hlgauss(s)
+        s = self._to_space(values.to(torch.promote_types(values.dtype, torch.float32)))
+        # A NaN target must give a NaN loss (which the training loop reports), not a garbage bin index.
+        nan = torch.isnan(s)
+        s = torch.where(nan, self.lo, s).clamp(self.lo, self.hi)
+        labels = self._hlgauss(s) if self.label == "hlgauss" else self._twohot(s)
+        return torch.where(nan.unsqueeze(-1), float("nan"), labels)
+
+    def _twohot(self, s: torch.Tensor) -> torch.Tensor:
         pos = ((s - self.lo) / self.width).clamp(0, self.n_bins - 1)  # fractional bin index
         left = pos.floor().clamp(max=self.n_bins - 2)
         frac = (pos - left).float()
         left = left.long()
-        labels = torch.zeros(*values.shape, self.n_bins, device=values.device, dtype=torch.float32)
+        labels = torch.zeros(*s.shape, self.n_bins, device=s.device, dtype=torch.float32)
         labels.scatter_(-1, left.unsqueeze(-1), (1 - frac).unsqueeze(-1))
         labels.scatter_add_(-1, (left + 1).unsqueeze(-1), frac.unsqueeze(-1))
         return labels

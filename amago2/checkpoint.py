@@ -1,0 +1,67 @@
+"""Checkpoints written atomically, with the last few kept.
+
+A checkpoint is one `torch.save` file: `checkpoints/ckpt-<updates, 9 digits>.pt`. It is
+written to a temporary file in the same directory, flushed to disk and renamed, so a run
+killed at any moment leaves either the old set of checkpoints or the new one, never a
+torn file. Loading walks back from the newest file and skips (with a warning) any file
+that does not load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+
+PathLike = Union[str, Path]
+_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def checkpoint_paths(path_dir: PathLike) -> List[Path]:
+    """Checkpoint files in `path_dir`, oldest first."""
+    d = Path(path_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(path_dir: PathLike, updates: int, state: Dict[str, Any], keep: int = 3) -> Path:
+    """Atomically write `state` as checkpoint number `updates`; delete all but the newest `keep`."""
+    d = Path(path_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"ckpt-{updates:09d}.pt"
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".ckpt-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in checkpoint_paths(d)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+    # weights_only=False: our checkpoints hold numpy / python RNG states next to tensors.
+    # Only load checkpoints you (or your own runs) wrote.
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_latest(path_dir: PathLike, map_location: Any = "cpu") -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """The newest checkpoint that loads, or None when there is none. Unloadable files are skipped."""
+    for path in reversed(checkpoint_paths(path_dir)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except Exception as err:  # a file from a crashed disk, a foreign file with our name, ...
+            warnings.warn(f"skipping checkpoint {path}: it does not load ({type(err).__name__}: {err})", stacklevel=2)
+    return None

@@ -1,0 +1,132 @@
+"""The command line: `amago2 train | eval | plot` (also `python -m amago2 ...`).
+
+    amago2 train gin/tmaze.gin [--bind 'Experiment.epochs = 50' ...] [--run-dir DIR] [--resume]
+    amago2 eval RUN_DIR_OR_CHECKPOINT --episodes 32 [--save-trajs DIR]
+    amago2 plot RUN_DIR [RUN_DIR ...] [--out curves.png]
+
+Gin bindings are parsed before anything runs, so a misspelt name fails at once with gin's
+message. A run directory keeps the config it was started with (`config.gin`), which
+`--resume` and `eval` read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import gin
+
+CONFIG_NAME = "config.gin"
+
+
+def _parse_gin(config_text: str, bindings: Sequence[str]) -> None:
+    import amago2.envs  # noqa: F401  (registers the env ids and gin configurables used by configs)
+    import amago2.experiment  # noqa: F401
+
+    gin.clear_config()
+    gin.parse_config(config_text)
+    gin.parse_config(list(bindings))
+
+
+def _config_text(config: Path, bindings: Sequence[str]) -> str:
+    if not config.is_file():
+        raise SystemExit(f"amago2: config file {config} does not exist (see the gin/ folder for examples)")
+    text = config.read_text()
+    if bindings:
+        text += "\n# --bind from the command line\n" + "\n".join(bindings) + "\n"
+    return text
+
+
+def cmd_train(args) -> int:
+    from amago2.experiment import Experiment
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (
+        Path(args.config).stem + datetime.datetime.now().strftime("-%Y%m%d-%H%M%S")
+    )
+    saved = run_dir / CONFIG_NAME
+    if args.resume and saved.is_file() and not args.config:
+        text = saved.read_text() + ("\n" + "\n".join(args.bind) + "\n" if args.bind else "")
+    elif args.config:
+        text = _config_text(Path(args.config), args.bind)
+    else:
+        raise SystemExit(f"amago2 train: give a CONFIG.gin (or --resume with a --run-dir holding {CONFIG_NAME})")
+    try:
+        _parse_gin(text, [])
+    except Exception as err:  # gin's message names the unknown configurable or parameter
+        raise SystemExit(f"amago2 train: bad gin configuration: {err}") from None
+    exp = Experiment(run_dir=run_dir)
+    if exp.accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (args.resume and saved.is_file()):
+            saved.write_text(text)
+    if args.resume and not exp.resume() and exp.accelerator.is_main_process:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+    result = exp.run()
+    if exp.accelerator.is_main_process:
+        from amago2.plot import plot_runs
+
+        png = plot_runs([run_dir])
+        print(f"final evaluation: " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(result.items())))
+        print(f"learning curves: {png}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from amago2.checkpoint import checkpoint_paths
+    from amago2.experiment import Experiment
+
+    target = Path(args.target)
+    run_dir = target if target.is_dir() else target.parent.parent
+    config = run_dir / CONFIG_NAME
+    if not config.is_file():
+        raise SystemExit(f"amago2 eval: {run_dir} has no {CONFIG_NAME}; give a run directory made by `amago2 train`")
+    ckpt = target if target.is_file() else (checkpoint_paths(run_dir / "checkpoints") or [None])[-1]
+    if ckpt is None:
+        raise SystemExit(f"amago2 eval: no checkpoint in {run_dir / 'checkpoints'}")
+    _parse_gin(config.read_text(), args.bind)
+    exp = Experiment(run_dir=run_dir, use_wandb=False, progress=False)
+    exp.load_weights(ckpt)
+    result = exp.evaluate(args.episodes, save_dir=args.save_trajs)
+    exp.close()
+    print(f"{ckpt}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items())))
+    if args.save_trajs:
+        print(f"trajectories saved to {args.save_trajs}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from amago2.plot import plot_runs
+
+    print(plot_runs(args.run_dirs, out=args.out, x=args.x))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="amago2", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train an agent from a gin config")
+    train.add_argument("config", nargs="?", help="gin config file (optional with --resume)")
+    train.add_argument("--bind", action="append", default=[], help="extra gin binding, e.g. 'Experiment.epochs = 5'")
+    train.add_argument("--run-dir", help="where the run writes (default runs/<config>-<time>)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    train.set_defaults(fn=cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a run's newest checkpoint (or a given checkpoint file)")
+    ev.add_argument("target", help="run directory or checkpoint file")
+    ev.add_argument("--episodes", type=int, default=16, help="number of trials to run")
+    ev.add_argument("--save-trajs", help="also save the trajectories (usable as an offline dataset)")
+    ev.add_argument("--bind", action="append", default=[], help="extra gin binding")
+    ev.set_defaults(fn=cmd_eval)
+    plot = sub.add_parser("plot", help="draw learning curves of one or more runs")
+    plot.add_argument("run_dirs", nargs="+")
+    plot.add_argument("--out", help="PNG path (default <first run>/curves.png)")
+    plot.add_argument("--x", default="env_steps", choices=("env_steps", "updates", "wall_time"))
+    plot.set_defaults(fn=cmd_plot)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

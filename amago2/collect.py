@@ -1,0 +1,121 @@
+"""Rollouts: the agent acts in a pool of environments and every finished trajectory goes to disk.
+
+The collector keeps, for each environment, the agent's memory (the trajectory encoder's
+state) and a writer for the trajectory in progress. Memory is reset only for the envs that
+started a new trajectory. Trajectories longer than `max_segment_len` are written as
+overlapping segments while they run, so memory use stays bounded however long a rollout is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from amago2.data.replay import ReplayStore, to_torch
+from amago2.data.trajectory_file import SegmentWriter
+
+
+def _row(batch: Any, i: int) -> Any:
+    if isinstance(batch, dict):
+        return {k: _row(v, i) for k, v in batch.items()}
+    return batch[i]
+
+
+class TrialStats:
+    """Returns (and successes) of finished trials, per task and per episode index of the trial."""
+
+    def __init__(self):
+        self.values: Dict[str, List[float]] = defaultdict(list)
+        self.trials = 0
+
+    def add(self, task: str, trial: Dict[str, Any]) -> None:
+        returns = [float(r) for r in trial["returns"]]
+        self.trials += 1
+        for key in (f"return/{task}", "return/all"):
+            self.values[key].append(sum(returns))
+        if len(returns) > 1:
+            for k, r in enumerate(returns, start=1):
+                self.values[f"return/{task}/episode_{k}"].append(r)
+        success = trial.get("success")
+        if success is not None and any(s is not None for s in success):
+            self.values[f"success/{task}"].append(float(any(bool(s) for s in success)))
+            for k, s in enumerate(success, start=1):
+                if s is not None and len(success) > 1:
+                    self.values[f"success/{task}/episode_{k}"].append(float(bool(s)))
+
+    def summary(self) -> Dict[str, float]:
+        out = {k: float(np.mean(v)) for k, v in self.values.items()}
+        out["trials"] = float(self.trials)
+        return out
+
+
+class Collector:
+    """Steps `pool` with `agent.act`, writing finished trajectories into `store` (if given)."""
+
+    def __init__(self, pool, store: Optional[ReplayStore] = None, max_segment_len: int = 1000, device="cpu"):
+        self.pool, self.store, self.max_segment_len, self.device = pool, store, max_segment_len, device
+        self.tokens: Optional[Dict[str, Any]] = None
+        self.state = None
+        self.new_trial = np.ones(pool.n_envs, dtype=bool)
+        self.writers: List[Optional[SegmentWriter]] = [None] * pool.n_envs
+        self.env_steps = 0
+
+    def _writer(self, i: int) -> Optional[SegmentWriter]:
+        if self.store is None:
+            return None
+        return self.store.segment_writer(self.max_segment_len, task=self.pool.env_names[i])
+
+    def _start(self, agent) -> None:
+        self.tokens = self.pool.reset()
+        self.state = agent.init_state(self.pool.n_envs, device=self.device)
+        self.new_trial[:] = True
+        for i in range(self.pool.n_envs):
+            self.writers[i] = self._writer(i)
+            if self.writers[i] is not None:
+                self.writers[i].append(dict(_row(self.tokens, i), terminal=False))
+
+    @torch.no_grad()
+    def collect(self, agent, n_steps: int, sample: bool = True, stats: Optional[TrialStats] = None, progress=None) -> Dict[str, float]:
+        """Step every env `n_steps` times. Returns timing figures; finished trials go into `stats`."""
+        if self.tokens is None:
+            self._start(agent)
+        t_agent = t_env = t_write = 0.0
+        for _ in range(n_steps):
+            t0 = time.perf_counter()
+            tokens = to_torch(self.tokens, self.device)
+            reset = torch.as_tensor(self.new_trial, device=self.device)
+            actions, self.state = agent.act(tokens, self.state, reset=reset, sample=sample)
+            t1 = time.perf_counter()
+            res = self.pool.step(actions.cpu().numpy())
+            t2 = time.perf_counter()
+            for i in range(self.pool.n_envs):
+                writer = self.writers[i]
+                if res.new_trial[i]:
+                    final = dict(res.final_tokens[i], terminal=bool(res.terminated[i]))
+                    trial = res.infos[i].get("trial")
+                    if writer is not None:
+                        writer.append(final)
+                        writer.close(returns=None if trial is None else [float(r) for r in trial["returns"]])
+                    if stats is not None and trial is not None:
+                        stats.add(self.pool.env_names[i], trial)
+                    writer = self.writers[i] = self._writer(i)
+                if writer is not None:
+                    writer.append(dict(_row(res.tokens, i), terminal=False))
+            self.new_trial = np.asarray(res.new_trial, dtype=bool)
+            self.tokens = res.tokens
+            self.env_steps += self.pool.n_envs
+            t_agent, t_env, t_write = t_agent + t1 - t0, t_env + t2 - t1, t_write + time.perf_counter() - t2
+            if progress is not None:
+                progress.update(self.pool.n_envs)
+        total = t_agent + t_env + t_write
+        return dict(collect_s=total, collect_agent_s=t_agent, collect_env_s=t_env, collect_write_s=t_write,
+                    env_steps_per_s=n_steps * self.pool.n_envs / max(total, 1e-9))  # fmt: skip
+
+    def close(self) -> None:
+        """Drop unfinished trajectories (a resumed run starts fresh trials) and close the envs."""
+        self.writers = [None] * self.pool.n_envs
+        self.pool.close()

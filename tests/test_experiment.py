@@ -1,0 +1,209 @@
+"""The training run: CLI, resume after SIGKILL, offline data, eval, errors, data-parallel launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gin
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from amago2.checkpoint import checkpoint_paths
+from amago2.data.replay import ReplayStore, load_trajectory
+from amago2.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+Experiment.train_env = "amago2/TMaze-v0"
+Experiment.env_kwargs = {"horizon": 4}
+Experiment.n_envs = 2
+Experiment.max_seq_len = 8
+Experiment.batch_size = 4
+Experiment.epochs = 3
+Experiment.env_steps_per_epoch = 10
+Experiment.updates_per_epoch = 3
+Experiment.eval_every_epochs = 0
+Experiment.eval_trials = 2
+Experiment.checkpoint_every_epochs = 1
+Experiment.progress = False
+Experiment.use_wandb = False
+Agent.traj_encoder = "gru"
+Agent.d_model = 16
+Agent.n_layers = 1
+Agent.d_tstep = 16
+Agent.d_hidden = 32
+Agent.gammas = (0.9,)
+Agent.main_gamma = 0.9
+ValueBins.n_bins = 16
+"""
+
+
+def amago2(*args, timeout=300, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "amago2", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=dict(os.environ, WANDB_MODE="disabled", **(env or {})),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.gin"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_a_misspelt_binding_fails_before_any_work(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    out = amago2("train", str(tiny_config), "--run-dir", str(run_dir), "--bind", "Experiment.epocs = 3", timeout=60)
+    assert out.returncode != 0
+    assert "epocs" in out.stderr + out.stdout
+    assert not run_dir.exists(), "nothing may be written for a bad configuration"
+
+
+def test_train_eval_and_plot_from_the_cli(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    out = amago2("train", str(tiny_config), "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    assert "learning curves:" in out.stdout and (run_dir / "curves.png").stat().st_size > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epoch"] == 3 and summary["updates"] == 9
+    kinds = {r["kind"] for r in read_metrics(run_dir)}
+    assert {"collect", "train", "eval"} <= kinds
+    assert (run_dir / "config.gin").read_text().strip().startswith("Experiment.train_env")
+
+    trajs = tmp_path / "trajs"
+    out = amago2("eval", str(run_dir), "--episodes", "4", "--save-trajs", str(trajs))
+    assert out.returncode == 0, out.stderr
+    files = sorted(trajs.rglob("*.npz"))
+    assert len(files) >= 4
+    traj = load_trajectory(files[0])
+    assert len(traj["time"]) == 6 and traj["terminal"][-1]  # horizon 4: 5 transitions, ends at the junction
+
+    out = amago2("plot", str(run_dir), "--out", str(tmp_path / "c.png"))
+    assert out.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_a_run_killed_with_sigkill_resumes_where_it_was(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "amago2", "train", str(tiny_config), "--run-dir", str(run_dir),
+            "--bind", "Experiment.epochs = 40"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 240
+    while len(checkpoint_paths(run_dir / "checkpoints")) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    newest = checkpoint_paths(run_dir / "checkpoints")[-1]
+    killed_at = int(newest.stem.split("-")[1])
+    n_files = len(list((run_dir / "replay").rglob("*.npz")))
+    assert killed_at >= 3 and n_files > 0
+
+    out = amago2("train", "--run-dir", str(run_dir), "--resume", "--bind", "Experiment.epochs = 45")
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epoch"] == 45 and summary["updates"] == 45 * 3
+    records = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    assert records[-1]["updates"] == 45 * 3
+    # Updates continue from the checkpoint: the resumed run's first update number follows it.
+    resumed = [r["updates"] for r in records if r["updates"] > killed_at]
+    assert resumed[0] <= killed_at + 3 * 2
+
+
+def test_offline_training_uses_only_the_dataset(tmp_path, clean_gin):
+    from amago2.envs import AgentEnv
+    from amago2.envs.tasks import TMaze
+    from amago2.experiment import Experiment
+
+    data = tmp_path / "data"
+    store = ReplayStore(data, 10**9)
+    env = AgentEnv(TMaze(horizon=4))
+    for episode in range(6):  # a scripted policy: forward, then a random turn
+        token, _ = env.reset(seed=episode)
+        tokens, done = [dict(token, terminal=False)], False
+        while not done:
+            action = 0 if token["obs"][1] == 0 else 1 + episode % 2
+            token, _, term, trunc, _ = env.step(action)
+            done = term or trunc
+            tokens.append(dict(token, terminal=term))
+        store.add({k: np.stack([t[k] for t in tokens]) for k in tokens[0]})
+    gin.parse_config(TINY)
+    exp = Experiment(run_dir=tmp_path / "run", offline=True, protected_dirs=[str(data / "fifo")], epochs=2, eval_every_epochs=0)
+    exp.run()
+    assert exp.updates == 6 and exp.env_steps == 0
+
+
+class NaNRewardEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), float("nan"), True, False, {}
+
+
+def test_a_nan_reward_from_the_env_is_refused_by_name():
+    from amago2.envs import AgentEnv
+
+    env = AgentEnv(NaNRewardEnv(), env_name="nan-env")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="nan-env returned a non-finite reward"):
+        env.step(0)
+
+
+def test_a_nan_loss_stops_the_run_with_a_message(tmp_path, clean_gin):
+    """A dataset holding a NaN reward (e.g. written by a buggy script) makes the loss NaN."""
+    from amago2.data.trajectory_file import save_trajectory
+    from amago2.experiment import Experiment, NonFiniteLossError
+
+    data = tmp_path / "data"
+    T = 6
+    traj = dict(
+        obs=np.zeros((T + 1, 3), np.float32), prev_action=np.eye(3, dtype=np.float32)[np.zeros(T + 1, int)],
+        prev_reward=np.full(T + 1, np.nan, np.float32), time=np.arange(T + 1), episode_start=np.eye(T + 1, dtype=bool)[0],
+        terminal=np.eye(T + 1, dtype=bool)[-1],
+    )  # fmt: skip
+    save_trajectory(data, traj)
+    gin.parse_config(TINY)
+    exp = Experiment(run_dir=tmp_path / "run", offline=True, protected_dirs=[str(data)], epochs=2)
+    with pytest.raises(NonFiniteLossError, match="lower Experiment.lr"):
+        exp.run()
+    assert not checkpoint_paths(tmp_path / "run" / "checkpoints"), "nothing may be saved after a NaN loss"
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_data_parallel(tiny_config, tmp_path):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "amago2", "train", str(tiny_config),
+         "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["rank_updates"] == [9, 9], "both ranks must have trained"
+    a, b = summary["rank_param_checksums"]
+    assert a == b, f"the ranks' parameters differ after training: {a} vs {b}"
+    assert all(any((run_dir / "replay" / f"rank{r}").rglob("*.npz")) for r in (0, 1)), "each rank collects its own data"
