@@ -32,6 +32,7 @@ from amago2.collect import Collector, TrialStats
 from amago2.data.replay import Prefetcher, ReplayStore
 from amago2.envs.pool import make_pool
 from amago2.logger import RunLogger
+from amago2.malloc import tune_glibc_malloc
 
 EnvSpec = Union[str, Callable, Sequence[Union[str, Callable]]]
 
@@ -51,6 +52,7 @@ class Experiment:
     Learning starts once the store holds `learning_starts` transitions.
     Offline: `offline=True` trains from `protected_dirs` only; `online_after_updates`
     (offline-to-online) starts collecting once that many updates were made.
+    `tune_malloc` raises glibc's malloc thresholds on CPU (see `amago2.malloc`).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Experiment:
         use_wandb: Optional[bool] = None,
         wandb_project: str = "amago2",
         progress: bool = True,
+        tune_malloc: bool = True,
     ):
         if env_mode not in ("sync", "async"):
             raise ValueError(f"Experiment.env_mode must be 'sync' or 'async', got {env_mode!r}")
@@ -112,6 +115,8 @@ class Experiment:
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
+        if tune_malloc and self.device.type == "cpu":
+            tune_glibc_malloc()  # large CPU tensors are otherwise page-faulted in on every update
         _seed_everything(seed + 1000 * self.rank)
 
         self.train_pool = make_pool(train_env, n_envs, mode=env_mode, trial_episodes=trial_episodes,

@@ -7,7 +7,6 @@ Each script owns one section of docs/benchmarks.md between `<!-- NAME:begin -->`
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import os
 import platform
@@ -15,6 +14,8 @@ import re
 from pathlib import Path
 
 import torch
+
+from amago2.malloc import tune_glibc_malloc  # noqa: F401  (re-exported for the scripts)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_PAGE = REPO_ROOT / "docs" / "benchmarks.md"
@@ -37,22 +38,6 @@ def machine_description(device: str = "cpu") -> str:
         f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads) | "
         f"torch {torch.__version__} | device {dev} | {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"
     )
-
-
-def tune_glibc_malloc() -> bool:
-    """Let glibc keep freed memory for reuse instead of returning it to the kernel.
-
-    By default glibc serves every block above its mmap threshold (at most 32 MiB) with
-    fresh pages from the kernel and gives them back when freed, so each large tensor is
-    page-faulted in again on every iteration. That cost appears only once tensors pass
-    32 MiB, i.e. at some sizes and not others, and bends scaling curves (up to half of
-    the CPU time at L=4096 in the encoder benchmark). Returns True on success."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to tune
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**31 - 1)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
