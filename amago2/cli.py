@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
         from amago2.plot import plot_runs
 
         png = plot_runs([run_dir])
-        print(f"final evaluation: " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(result.items())))
+        print("final evaluation: " + ", ".join(f"{k}={v:.3g}" for k, v in sorted(result.items())))
         print(f"learning curves: {png}")
     return 0
 

@@ -1,7 +1,6 @@
 """The repository's promises about itself: README commands, CI script, docs."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

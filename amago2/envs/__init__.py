@@ -16,3 +16,22 @@ from amago2.envs.pool import EnvPool, EnvPoolError, StepResult, make_pool
 
 # `import amago2.envs` registers amago2/TMaze-v0, amago2/MetaBandit-v0, amago2/MetaGridworld-v0.
 register_tasks()
+
+__all__ = [
+    "AgentEnv",
+    "ActionConverter",
+    "ObservationConverter",
+    "EnvPool",
+    "EnvPoolError",
+    "StepResult",
+    "make_pool",
+    "TMaze",
+    "MetaBandit",
+    "MetaGridworld",
+    "register_tasks",
+    "tmaze_reference_returns",
+    "bandit_reference_returns",
+    "bandit_baseline_returns",
+    "gridworld_reference_returns",
+    "gridworld_baseline_returns",
+]
