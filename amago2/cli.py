@@ -60,8 +60,9 @@ def cmd_train(args) -> int:
     exp = Experiment(run_dir=run_dir)
     if exp.accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (args.resume and saved.is_file()):
-            saved.write_text(text)
+        # The run directory keeps what this run is configured with, including bindings added
+        # on a resume, so that the next resume and `amago2 eval` see the same configuration.
+        saved.write_text(text)
     if args.resume and not exp.resume() and exp.accelerator.is_main_process:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
     result = exp.run()

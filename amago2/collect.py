@@ -56,8 +56,9 @@ class TrialStats:
 class Collector:
     """Steps `pool` with `agent.act`, writing finished trajectories into `store` (if given)."""
 
-    def __init__(self, pool, store: Optional[ReplayStore] = None, max_segment_len: int = 1000, device="cpu"):
+    def __init__(self, pool, store: Optional[ReplayStore] = None, max_segment_len: int = 1000, device="cpu", seed: int = 0):
         self.pool, self.store, self.max_segment_len, self.device = pool, store, max_segment_len, device
+        self.rng = np.random.default_rng(seed)
         self.tokens: Optional[Dict[str, Any]] = None
         self.state = None
         self.new_trial = np.ones(pool.n_envs, dtype=bool)
@@ -79,8 +80,28 @@ class Collector:
                 self.writers[i].append(dict(_row(self.tokens, i), terminal=False))
 
     @torch.no_grad()
-    def collect(self, agent, n_steps: int, sample: bool = True, stats: Optional[TrialStats] = None, progress=None) -> Dict[str, float]:
-        """Step every env `n_steps` times. Returns timing figures; finished trials go into `stats`."""
+    def _explore(self, actions: np.ndarray, epsilon: float) -> np.ndarray:
+        """With probability epsilon per env, replace the agent's action by a uniformly random one."""
+        if epsilon <= 0:
+            return actions
+        swap = self.rng.random(len(actions)) < epsilon
+        if not swap.any():
+            return actions
+        actions = actions.copy()
+        space = self.pool.action_space
+        if actions.ndim == 1:  # discrete indices
+            actions[swap] = self.rng.integers(0, space.n, size=int(swap.sum()))
+        else:  # continuous, in [-1, 1]
+            actions[swap] = self.rng.uniform(-1, 1, size=(int(swap.sum()), actions.shape[1]))
+        return actions
+
+    def collect(
+        self, agent, n_steps: int, sample: bool = True, stats: Optional[TrialStats] = None, progress=None, epsilon: float = 0.0
+    ) -> Dict[str, float]:
+        """Step every env `n_steps` times. Returns timing figures; finished trials go into `stats`.
+
+        `epsilon`: probability of a uniformly random action instead of the agent's (exploration).
+        """
         if self.tokens is None:
             self._start(agent)
         t_agent = t_env = t_write = 0.0
@@ -90,7 +111,7 @@ class Collector:
             reset = torch.as_tensor(self.new_trial, device=self.device)
             actions, self.state = agent.act(tokens, self.state, reset=reset, sample=sample)
             t1 = time.perf_counter()
-            res = self.pool.step(actions.cpu().numpy())
+            res = self.pool.step(self._explore(actions.cpu().numpy(), epsilon))
             t2 = time.perf_counter()
             for i in range(self.pool.n_envs):
                 writer = self.writers[i]

@@ -49,7 +49,10 @@ class Experiment:
     a list of them (multi-task: env i of the pool runs entry i % len(list)); `env_kwargs`
     go to `gym.make` for ids. `trial_episodes` > 1 makes k-episode meta-RL trials.
     Schedule: `epochs` x (`env_steps_per_epoch` steps per env, then `updates_per_epoch` updates).
-    Learning starts once the store holds `learning_starts` transitions.
+    Learning starts once the store holds `learning_starts` transitions. Collection is
+    epsilon-greedy: a uniformly random action with probability annealed linearly from
+    `explore_eps_start` to `explore_eps_end` over `explore_anneal_env_steps` env steps
+    (evaluation never explores).
     Offline: `offline=True` trains from `protected_dirs` only; `online_after_updates`
     (offline-to-online) starts collecting once that many updates were made.
     `tune_malloc` raises glibc's malloc thresholds on CPU (see `amago2.malloc`).
@@ -70,6 +73,9 @@ class Experiment:
         env_steps_per_epoch: int = 128,
         updates_per_epoch: int = 64,
         learning_starts: int = 0,
+        explore_eps_start: float = 0.5,
+        explore_eps_end: float = 0.05,
+        explore_anneal_env_steps: int = 50_000,
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         warmup_updates: int = 200,
@@ -86,7 +92,6 @@ class Experiment:
         eval_sample: bool = True,
         checkpoint_every_epochs: int = 10,
         keep_checkpoints: int = 3,
-        log_every_updates: int = 25,
         seed: int = 0,
         cpu: bool = False,
         use_wandb: Optional[bool] = None,
@@ -104,13 +109,15 @@ class Experiment:
         self.max_seq_len, self.batch_size = max_seq_len, batch_size
         self.epochs, self.env_steps_per_epoch, self.updates_per_epoch = epochs, env_steps_per_epoch, updates_per_epoch
         self.learning_starts = learning_starts
+        self.explore_eps_start, self.explore_eps_end = explore_eps_start, explore_eps_end
+        self.explore_anneal_env_steps = explore_anneal_env_steps
         self.lr, self.weight_decay, self.warmup_updates, self.grad_clip = lr, weight_decay, warmup_updates, grad_clip
         self.replay_capacity, self.protected_dirs = replay_capacity, tuple(protected_dirs)
         self.max_segment_len = max_segment_len or 8 * max_seq_len
         self.offline, self.online_after_updates = offline, online_after_updates
         self.eval_every_epochs, self.eval_trials, self.eval_sample = eval_every_epochs, eval_trials, eval_sample
         self.checkpoint_every_epochs, self.keep_checkpoints = checkpoint_every_epochs, keep_checkpoints
-        self.log_every_updates, self.seed, self.progress = log_every_updates, seed, progress
+        self.seed, self.progress = seed, progress
 
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -133,7 +140,7 @@ class Experiment:
             replay_capacity if not offline or online_after_updates is not None else 0,
             protected_dirs=self.protected_dirs,
         )
-        self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device)
+        self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank)
         self.epoch = self.updates = 0
         self.logger = RunLogger(self.run_dir, config=dict(gin_config=gin.config_str()), wandb_project=wandb_project,
                                 use_wandb=use_wandb, rank=self.rank)  # fmt: skip
@@ -148,6 +155,11 @@ class Experiment:
     @property
     def env_steps(self) -> int:
         return self.collector.env_steps
+
+    def exploration_epsilon(self) -> float:
+        """Epsilon-greedy rate for collection: linear from start to end over `explore_anneal_env_steps`."""
+        frac = min(1.0, self.env_steps / max(1, self.explore_anneal_env_steps))
+        return self.explore_eps_start + frac * (self.explore_eps_end - self.explore_eps_start)
 
     def _collecting(self) -> bool:
         if not self.offline:
@@ -283,8 +295,9 @@ class Experiment:
                 if self._collecting():
                     with tqdm(total=self.env_steps_per_epoch * self.n_envs, desc="collect", leave=False,
                               disable=not show, position=1, unit="step") as bar:  # fmt: skip
-                        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar)
-                    self.logger.log(dict(stats.summary(), **timing), "collect", self.updates, self.env_steps)
+                        eps = self.exploration_epsilon()
+                        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps)
+                    self.logger.log(dict(stats.summary(), epsilon=eps, **timing), "collect", self.updates, self.env_steps)
                     self.store.refresh()
                 train_metrics = {}
                 if self.store.num_timesteps >= max(self.learning_starts, 1):

@@ -195,9 +195,11 @@ def test_a_nan_loss_stops_the_run_with_a_message(tmp_path, clean_gin):
 def test_two_cpu_processes_train_data_parallel(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "amago2", "train", str(tiny_config),
-         "--run-dir", str(run_dir)],
+        # --multi_gpu selects accelerate's torchrun launcher; with no GPU each process runs on the CPU with gloo
+        # (accelerate's --cpu flag alone starts a single process unless MPI is installed).
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+         "-m", "amago2", "train", str(tiny_config), "--run-dir", str(run_dir), "--bind", "Experiment.cpu = True"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
