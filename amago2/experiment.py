@@ -135,9 +135,10 @@ class Experiment:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, warmup_updates)))
         self.agent, self.optimizer = self.accelerator.prepare(agent, optimizer)
 
+        will_collect = not offline or online_after_updates is not None
         self.store = ReplayStore(
-            self.run_dir / "replay" / f"rank{self.rank}" if not offline or online_after_updates is not None else None,
-            replay_capacity if not offline or online_after_updates is not None else 0,
+            self.run_dir / "replay" / f"rank{self.rank}" if will_collect else None,  # each process its own fifo
+            replay_capacity if will_collect else 0,
             protected_dirs=self.protected_dirs,
         )
         self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank)

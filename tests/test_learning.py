@@ -32,12 +32,18 @@ def train(config: str, kind: str, run_dir: Path, **bindings) -> dict:
         gin.clear_config()
 
 
-# Mamba and Retention do not reach the threshold with this configuration yet (measured at 30
-# epochs: Mamba 0.68, Retention 0.28); they are added here once they do.
+# Per-kind training budgets that reach the threshold (measured on a 2-core CPU). Mamba is not
+# here yet: 0.68 (lr 1e-3) and 0.72 (lr 3e-4) after 30 epochs.
+TMAZE_SETTINGS = {
+    "transformer": dict(epochs=15),  # about 1 minute
+    "retention": dict(epochs=30, lr=3e-4),  # about 3 minutes; 0.28 with lr 1e-3
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["transformer"])
+@pytest.mark.parametrize("kind", list(TMAZE_SETTINGS))
 def test_tmaze_needs_and_gets_memory(kind, tmp_path):
-    result = train("tmaze.gin", kind, tmp_path, epochs=15)
+    result = train("tmaze.gin", kind, tmp_path, **TMAZE_SETTINGS[kind])
     assert result["return/all"] >= TMAZE_THRESHOLD, result
 
 
