@@ -293,12 +293,14 @@ class Experiment:
         try:
             while self.epoch < self.epochs:
                 stats = TrialStats()
+                collected: Dict[str, float] = {}
                 if self._collecting():
                     with tqdm(total=self.env_steps_per_epoch * self.n_envs, desc="collect", leave=False,
                               disable=not show, position=1, unit="step") as bar:  # fmt: skip
                         eps = self.exploration_epsilon()
                         timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps)
-                    self.logger.log(dict(stats.summary(), epsilon=eps, **timing), "collect", self.updates, self.env_steps)
+                    collected = stats.summary()
+                    self.logger.log(dict(collected, epsilon=eps, **timing), "collect", self.updates, self.env_steps)
                     self.store.refresh()
                 train_metrics = {}
                 if self.store.num_timesteps >= max(self.learning_starts, 1):
@@ -312,7 +314,7 @@ class Experiment:
                     self.logger.log(last_eval, "eval", self.updates, self.env_steps)
                 if self.checkpoint_every_epochs and self.epoch % self.checkpoint_every_epochs == 0 or self.epoch == self.epochs:
                     self.save_checkpoint()
-                postfix = {"return": last_eval.get("return/all", stats.summary().get("return/all", math.nan))}
+                postfix = {"return": last_eval.get("return/all", collected.get("return/all", math.nan))}
                 if train_metrics:
                     postfix.update(upd_s=train_metrics["updates_per_s"], critic=train_metrics["critic_loss"])
                 epochs.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()})

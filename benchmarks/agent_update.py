@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -31,7 +29,14 @@ if str(REPO_ROOT) not in sys.path:  # let `python benchmarks/agent_update.py` wo
     sys.path.insert(0, str(REPO_ROOT))
 
 from amago2.agent import Agent  # noqa: E402
-from common import machine_description, markdown_table, tune_glibc_malloc, write_docs_section  # noqa: E402
+from common import (  # noqa: E402
+    machine_description,
+    markdown_table,
+    sequence_model_pass,
+    timed,
+    tune_glibc_malloc,
+    write_docs_section,
+)
 
 BATCH, OBS_DIM, N_ACTIONS = 24, 16, 4
 KINDS = ("transformer", "mamba", "retention", "gru", "ff")
@@ -59,26 +64,6 @@ def autocast(device: str, dtype: str):
     return contextlib.nullcontext()
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, reps: int, budget_s: float) -> float:
-    """Median seconds per call after one warm-up call, stopping early once `budget_s` is spent."""
-    fn()
-    sync(device)
-    times, start = [], time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s:
-            break
-    return statistics.median(times)
-
-
 def measure(kind: str, seq_len: int, args) -> dict:
     torch.manual_seed(0)
     obs_space = gym.spaces.Box(-5, 5, (OBS_DIM,))
@@ -96,16 +81,9 @@ def measure(kind: str, seq_len: int, args) -> dict:
         opt.step()
         agent.update_targets()
 
-    def sequence_model_only():
-        tokens = agent._tokens(batch)
-        with autocast(args.device, args.dtype):
-            h = agent._encode(tokens, agent.tstep_encoder, agent.traj_encoder)
-            with torch.no_grad():
-                agent._encode(tokens, agent.target_tstep_encoder, agent.target_traj_encoder)
-        h.float().sum().backward()
-
     t_update = timed(update, args.device, args.reps, args.budget_s)
-    t_seq = timed(sequence_model_only, args.device, args.reps, args.budget_s / 2)
+    t_seq = timed(lambda: sequence_model_pass(agent, batch, lambda: autocast(args.device, args.dtype)),
+                  args.device, args.reps, args.budget_s / 2)  # fmt: skip
     n_params = sum(p.numel() for p in params)
     return dict(kind=kind, seq_len=seq_len, updates_per_s=1 / t_update, ms=1000 * t_update,
                 seq_share=min(t_seq / t_update, 1.0), params=n_params)  # fmt: skip

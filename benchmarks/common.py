@@ -11,6 +11,8 @@ import datetime
 import os
 import platform
 import re
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -58,3 +60,37 @@ def write_docs_section(name: str, body: str, page: Path = BENCHMARKS_PAGE) -> Pa
         current = current.rstrip("\n") + "\n\n" + section + "\n"
     page.write_text(current)
     return page
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, reps: int, budget_s: float) -> float:
+    """Median seconds per call after one warm-up call, stopping early once `budget_s` is spent."""
+    fn()
+    sync(device)
+    times, start = [], time.perf_counter()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def sequence_model_pass(agent, batch, autocast=contextlib.nullcontext) -> None:
+    """The sequence model's part of one agent update: the online timestep and trajectory
+    encoders forward and backward, and the target encoders forward. Timing it against a
+    whole update gives the sequence model's share; the rest is heads and optimiser."""
+    tokens = agent._tokens(batch)
+    with autocast():
+        h = agent._encode(tokens, agent.tstep_encoder, agent.traj_encoder)
+        if agent.target_encoder:
+            with torch.no_grad():
+                agent._encode(tokens, agent.target_tstep_encoder, agent.target_traj_encoder)
+    h.float().sum().backward()
+    agent.zero_grad(set_to_none=True)

@@ -29,14 +29,19 @@ import time
 from pathlib import Path
 
 import gin
-import numpy as np
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common import machine_description, markdown_table, tune_glibc_malloc, write_docs_section  # noqa: E402
+from common import (  # noqa: E402
+    machine_description,
+    markdown_table,
+    sequence_model_pass,
+    timed,
+    tune_glibc_malloc,
+    write_docs_section,
+)
 
 KINDS = ("transformer", "mamba", "retention", "gru", "ff")
 # AMAGO 3.3 at the reference configuration on this machine kind: updates/s, env-steps/s.
@@ -103,33 +108,14 @@ def sequence_model_share(exp, reps: int = 5) -> float:
     """Share of one update spent in the timestep + trajectory encoders (online fwd+bwd, target fwd)."""
     agent = exp.policy
     batch = next(exp._batches())
-    params = [p for p in agent.parameters() if p.requires_grad]
 
     def full():
         loss, _ = agent.loss(batch)
         loss.backward()
-        for p in params:
-            p.grad = None
+        agent.zero_grad(set_to_none=True)
 
-    def encoders():
-        tokens = agent._tokens(batch)
-        h = agent._encode(tokens, agent.tstep_encoder, agent.traj_encoder)
-        with torch.no_grad():
-            agent._encode(tokens, agent.target_tstep_encoder, agent.target_traj_encoder)
-        h.sum().backward()
-        for p in params:
-            p.grad = None
-
-    def median_time(fn):
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
-
-    return min(1.0, median_time(encoders) / median_time(full))
+    t_full = timed(full, "cpu", reps, budget_s=float("inf"))
+    return min(1.0, timed(lambda: sequence_model_pass(agent, batch), "cpu", reps, budget_s=float("inf")) / t_full)
 
 
 def main() -> None:

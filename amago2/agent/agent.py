@@ -150,9 +150,6 @@ class Agent(nn.Module):
             self.target_traj_encoder = _frozen_copy(self.traj_encoder)
 
     # ----------------------------------------------------------------- parameters
-    def online_modules(self) -> nn.ModuleList:
-        return nn.ModuleList([self.tstep_encoder, self.traj_encoder, self.actor, self.critic])
-
     def target_pairs(self):
         pairs = [(self.actor, self.target_actor), (self.critic, self.target_critic)]
         if self.target_encoder:

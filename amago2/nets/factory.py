@@ -31,6 +31,16 @@ def kind_options(kind: Union[str, Type[TrajEncoder]]) -> Dict[str, object]:
     return {name: p.default for name, p in params.items() if name not in _CONTRACT_ARGS}
 
 
+def reject_unknown_options(cls: type, given: Dict[str, object], valid: Dict[str, object]) -> None:
+    """TypeError naming the options `cls` does not take, and listing the ones it does (with defaults)."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__} got unknown option(s) {unknown}; its options are "
+            + ", ".join(f"{k}={v!r}" for k, v in valid.items())
+        )
+
+
 @gin.configurable
 def build_traj_encoder(
     kind: Union[str, Type[TrajEncoder]],
@@ -56,11 +66,5 @@ def build_traj_encoder(
             f"unknown trajectory encoder kind {kind!r}; valid kinds are {list(TRAJ_ENCODER_KINDS)} "
             "(or pass a TrajEncoder subclass)"
         )
-    options = kind_options(cls)
-    unknown = sorted(set(kind_specific) - set(options))
-    if unknown:
-        raise TypeError(
-            f"{cls.__name__} got unknown option(s) {unknown}; its options are "
-            + ", ".join(f"{k}={v!r}" for k, v in options.items())
-        )
+    reject_unknown_options(cls, kind_specific, kind_options(cls))
     return cls(d_in=d_in, d_model=d_model, n_layers=n_layers, max_seq_len=max_seq_len, **kind_specific)

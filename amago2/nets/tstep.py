@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amago2.nets.factory import reject_unknown_options
 from amago2.symlog import symlog
 
 Obs = Union[torch.Tensor, Dict[str, torch.Tensor]]
@@ -468,11 +469,5 @@ def build_tstep_encoder(
             f"unknown timestep encoder kind {kind!r}; valid kinds are {['auto', *TSTEP_ENCODER_KINDS]} "
             "(or pass a TstepEncoder subclass)"
         )
-    valid = tstep_kind_options(cls)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise TypeError(
-            f"{cls.__name__} got unknown option(s) {unknown}; its options are "
-            + ", ".join(f"{k}={v!r}" for k, v in valid.items())
-        )
+    reject_unknown_options(cls, options, tstep_kind_options(cls))
     return cls(obs_space, action_space, d_out=d_out, **options)
