@@ -26,29 +26,54 @@ def _row(batch: Any, i: int) -> Any:
 
 
 class TrialStats:
-    """Returns (and successes) of finished trials, per task and per episode index of the trial."""
+    """Returns, successes and normalised scores of finished trials, per task and per episode
+    index of the trial.
+
+    Keys of `summary()` (trial = k episodes of one task; `all` pools every trial, `task_mean`
+    averages the per-task means, so that a task with more finished trials does not weigh more):
+
+        return/{task}, return/all, return/task_mean               sum over the trial's episodes
+        return/{task}/episode_{k}, return/all/episode_{k}         k-th episode of the trial (k > 1 only)
+        success/...                                               same keys; a trial succeeds if any
+                                                                  episode did, episode_k per episode
+        normalized/...                                            same keys; mean over the trial's
+                                                                  episodes of the env's normalised score
+    """
 
     def __init__(self):
         self.values: Dict[str, List[float]] = defaultdict(list)
+        self.tasks: set = set()
         self.trials = 0
 
+    def _add(self, metric: str, task: str, trial_value: float, per_episode: List[Optional[float]]) -> None:
+        for scope in (task, "all"):
+            self.values[f"{metric}/{scope}"].append(trial_value)
+            if len(per_episode) > 1:
+                for k, v in enumerate(per_episode, start=1):
+                    if v is not None:
+                        self.values[f"{metric}/{scope}/episode_{k}"].append(float(v))
+
     def add(self, task: str, trial: Dict[str, Any]) -> None:
-        returns = [float(r) for r in trial["returns"]]
+        task = str(trial.get("task") or task)
+        self.tasks.add(task)
         self.trials += 1
-        for key in (f"return/{task}", "return/all"):
-            self.values[key].append(sum(returns))
-        if len(returns) > 1:
-            for k, r in enumerate(returns, start=1):
-                self.values[f"return/{task}/episode_{k}"].append(r)
+        returns = [float(r) for r in trial["returns"]]
+        self._add("return", task, sum(returns), returns)
         success = trial.get("success")
         if success is not None and any(s is not None for s in success):
-            self.values[f"success/{task}"].append(float(any(bool(s) for s in success)))
-            for k, s in enumerate(success, start=1):
-                if s is not None and len(success) > 1:
-                    self.values[f"success/{task}/episode_{k}"].append(float(bool(s)))
+            flags = [None if s is None else float(bool(s)) for s in success]
+            self._add("success", task, float(any(bool(s) for s in success)), flags)
+        scores = trial.get("normalized")
+        if scores is not None and any(s is not None for s in scores):
+            known = [float(s) for s in scores if s is not None]
+            self._add("normalized", task, float(np.mean(known)), list(scores))
 
     def summary(self) -> Dict[str, float]:
         out = {k: float(np.mean(v)) for k, v in self.values.items()}
+        for metric in ("return", "success", "normalized"):
+            per_task = [out[f"{metric}/{t}"] for t in sorted(self.tasks) if f"{metric}/{t}" in out]
+            if per_task:
+                out[f"{metric}/task_mean"] = float(np.mean(per_task))
         out["trials"] = float(self.trials)
         return out
 
@@ -119,6 +144,8 @@ class Collector:
                     final = dict(res.final_tokens[i], terminal=bool(res.terminated[i]))
                     trial = res.infos[i].get("trial")
                     if writer is not None:
+                        if trial is not None:  # a task mixture names the task only now
+                            writer.task = str(trial.get("task") or writer.task)
                         writer.append(final)
                         writer.close(returns=None if trial is None else [float(r) for r in trial["returns"]])
                     if stats is not None and trial is not None:

@@ -10,7 +10,9 @@ Records of kind "collect" (the training rollouts of an epoch) and "eval" (evalua
   adaptation: later episodes should do better than the first;
 - `success/<task>` and `success/<task>/episode_<k>`: the same for success (0/1), when the
   environment reports success;
-- `return/all`: the mean trial return over every task;
+- `return/all` (and `return/all/episode_<k>`, `success/all...`): the same over every trial of
+  every task; `return/task_mean`: the mean of the per-task means;
+- `normalized/...`: the same keys for the env's normalised score, where it has one;
 - `trials`: how many trials finished, plus timing figures.
 
 Records of kind "train": losses and diagnostics averaged over the epoch's updates, such as
@@ -205,8 +207,19 @@ def _x_scale(runs: Sequence[Run], x: str) -> Tuple[float, str]:
     return 1.0, "wall time (s)"
 
 
+AGGREGATES = ("all", "task_mean")
+
+
+def _pooled(names, what: str, k: Optional[int]) -> List[str]:
+    """Metric names of `what` at episode k (None: whole trial), pooled over tasks: the "all"
+    aggregate when the run logged it, else every task's own metric (to be averaged)."""
+    keys = [(n, t) for n, w, t, kk in names if w == what and kk == k and t != "task_mean"]
+    pooled = [n for n, t in keys if t == "all"]
+    return pooled or [n for n, t in keys if t not in AGGREGATES]
+
+
 def _task_panels(runs: List[Run], names, max_task_panels: int, smooth: int) -> List[_Panel]:
-    tasks = sorted({task for _, what, task, k in names if what == "return" and k is None})
+    tasks = sorted({task for _, what, task, k in names if what == "return" and k is None and task != "task_mean"})
     others = [t for t in tasks if t != "all"]
     if len(others) > max_task_panels:
         warnings.warn(f"{len(others)} tasks: drawing only the aggregate return panel (max_task_panels={max_task_panels})")
@@ -251,7 +264,7 @@ def _episode_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
             for kind in ("eval", "collect"):
                 per_k = {}
                 for k in episodes:
-                    keys = [n for n, what, _, kk in names if what == "return" and kk == k]
+                    keys = _pooled(names, "return", k)
                     xs, ys = _series(run.records(kind), x, _mean_of(keys))
                     if len(xs):
                         per_k[k] = (xs, ys)
@@ -268,7 +281,7 @@ def _episode_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
 
 
 def _success_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
-    keys = [n for n, what, _, k in names if what == "success" and k is None]
+    keys = _pooled(names, "success", None)
     if not keys:
         return []
     single = len(runs) == 1

@@ -12,6 +12,7 @@ from amago2.envs.tasks import (
     tmaze_reference_returns,
 )
 from amago2.envs.wrappers import ActionConverter, AgentEnv, ObservationConverter
+from amago2.envs.mixture import TaskMixture
 from amago2.envs.pool import EnvPool, EnvPoolError, StepResult, make_pool
 
 # `import amago2.envs` registers amago2/TMaze-v0, amago2/MetaBandit-v0, amago2/MetaGridworld-v0.
@@ -21,6 +22,7 @@ __all__ = [
     "AgentEnv",
     "ActionConverter",
     "ObservationConverter",
+    "TaskMixture",
     "EnvPool",
     "EnvPoolError",
     "StepResult",

@@ -335,6 +335,12 @@ class ActionConverter:
             self.agent_space = spaces.Box(-1.0, 1.0, (self.n,), np.float32)
 
     @property
+    def task_name(self) -> str:
+        """The current task's name: the env's own `task_name` if it has one, else `env_name`."""
+        name = _find_attr(self.env, "task_name")
+        return str(name) if name is not None else self.env_name
+
+    @property
     def action_dim(self) -> int:
         """A: the length of the `prev_action` vector."""
         return self.n
@@ -422,6 +428,8 @@ class AgentEnv(gym.Wrapper):
             (passed to `gymnasium.make`).
         trial_episodes: episodes per trial (the agent's RL episode and memory span).
         env_name: task name for logs; default the env spec id, else the env class name.
+            An env that switches tasks between trials (e.g. `amago2.envs.TaskMixture`) names
+            the current one with a `task_name` attribute, which then takes precedence.
         text_tokenizer: converts a Dict observation's 'mission' Text entry to a fixed-shape
             array (see `ObservationConverter`).
 
@@ -438,7 +446,9 @@ class AgentEnv(gym.Wrapper):
     `reset_info`; at the trial's end `trial`, a dict with `task`, `returns`, `lengths`,
     `episode_index` and `success` (one entry per episode; success is True if the env
     reported a truthy `info["success"]` during the episode, False if it reported only
-    falsy values, None if it never reported it), and `terminal`.
+    falsy values, None if it never reported it), `normalized` (per episode, the env's
+    `normalized_score(episode_return)` where it defines one, e.g. Atari's human-normalised
+    score; otherwise None) and `terminal`.
 
     Spaces: `observation_space` (converted obs), `agent_action_space` (== `action_space`,
     what `step` takes), `token_space` (a Dict space of the whole token), `action_dim` (A).
@@ -491,6 +501,8 @@ class AgentEnv(gym.Wrapper):
 
         sample_task = _find_attr(env, "sample_task")
         self._sample_task: Optional[Callable[[], Any]] = sample_task if callable(sample_task) else None
+        score = _find_attr(env, "normalized_score")
+        self._normalized_score: Optional[Callable[[float], Optional[float]]] = score if callable(score) else None
         self._new_task_option = bool(env.metadata.get(NEW_TASK_OPTION, False))
 
         self._running = False
@@ -499,6 +511,12 @@ class AgentEnv(gym.Wrapper):
         self._returns: List[float] = []
         self._lengths: List[int] = []
         self._success: List[Optional[bool]] = []
+
+    @property
+    def task_name(self) -> str:
+        """The current task's name: the env's own `task_name` if it has one, else `env_name`."""
+        name = _find_attr(self.env, "task_name")
+        return str(name) if name is not None else self.env_name
 
     @property
     def action_dim(self) -> int:
@@ -541,7 +559,7 @@ class AgentEnv(gym.Wrapper):
         self._running = True
         token = self._token(obs, np.zeros(self.action_dim, dtype=np.float32), 0.0, start=True)
         info = dict(env_info)
-        info.update(task=self.env_name, episode_index=0, terminal=False, episode_end=False)
+        info.update(task=self.task_name, episode_index=0, terminal=False, episode_end=False)
         return token, info
 
     def step(self, action: Any) -> Tuple[Token, float, bool, bool, Dict[str, Any]]:
@@ -569,7 +587,7 @@ class AgentEnv(gym.Wrapper):
 
         info = dict(env_info)
         episode_end = bool(terminated or truncated)
-        info.update(episode_index=self._episode, episode_end=episode_end, task=self.env_name)
+        info.update(episode_index=self._episode, episode_end=episode_end, task=self.task_name)
 
         if episode_end and self._episode + 1 < self.trial_episodes:
             # Inner episode boundary: the agent's trial goes on. The last observation of the
@@ -591,12 +609,14 @@ class AgentEnv(gym.Wrapper):
         info["terminal"] = trial_terminated
         if episode_end:
             self._running = False
+            score = self._normalized_score
             info["trial"] = {
-                "task": self.env_name,
+                "task": self.task_name,
                 "returns": list(self._returns),
                 "lengths": list(self._lengths),
                 "episode_index": list(range(len(self._returns))),
                 "success": list(self._success),
+                "normalized": [None if score is None else score(r) for r in self._returns],
                 "terminal": trial_terminated,
             }
         return token, reward, trial_terminated, trial_truncated, info
