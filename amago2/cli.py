@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import gin
 
@@ -31,10 +32,37 @@ def _parse_gin(config_text: str, bindings: Sequence[str]) -> None:
     gin.parse_config(list(bindings))
 
 
+_INCLUDE = re.compile(r"""^\s*include\s+(['"])(?P<path>.+?)\1\s*$""")
+
+
+def expand_includes(config: Path, _seen: Optional[Tuple[Path, ...]] = None) -> str:
+    """A gin file's text with every `include 'other.gin'` line replaced by that file's text.
+
+    Included paths are relative to the including file (then to the working directory), so
+    `gin/suites/popgym/transformer.gin` can include `base.gin` beside it. The run directory
+    saves the expanded text, which therefore resumes from anywhere.
+    """
+    config = config.resolve()
+    seen = (_seen or ()) + (config,)
+    out = []
+    for line in config.read_text().splitlines():
+        m = _INCLUDE.match(line)
+        if not m:
+            out.append(line)
+            continue
+        target = next((p for p in (config.parent / m.group("path"), Path(m.group("path"))) if p.is_file()), None)
+        if target is None:
+            raise SystemExit(f"amago2: {config} includes {m.group('path')!r}, which exists neither beside it nor in the working directory")
+        if target.resolve() in seen:
+            raise SystemExit(f"amago2: {config} includes {target} in a cycle")
+        out += [f"# ---- included from {m.group('path')}", expand_includes(target, seen), f"# ---- end of {m.group('path')}"]
+    return "\n".join(out) + "\n"
+
+
 def _config_text(config: Path, bindings: Sequence[str]) -> str:
     if not config.is_file():
         raise SystemExit(f"amago2: config file {config} does not exist (see the gin/ folder for examples)")
-    text = config.read_text()
+    text = expand_includes(config)
     if bindings:
         text += "\n# --bind from the command line\n" + "\n".join(bindings) + "\n"
     return text

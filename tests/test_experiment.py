@@ -209,3 +209,20 @@ def test_two_cpu_processes_train_data_parallel(tiny_config, tmp_path):
     a, b = summary["rank_param_checksums"]
     assert a == b, f"the ranks' parameters differ after training: {a} vs {b}"
     assert all(any((run_dir / "replay" / f"rank{r}").rglob("*.npz")) for r in (0, 1)), "each rank collects its own data"
+
+
+def test_gin_includes_are_inlined_relative_to_the_including_file(tmp_path):
+    from amago2.cli import expand_includes
+
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "base.gin").write_text("Experiment.epochs = 3\nExperiment.n_envs = 2\n")
+    (tmp_path / "suite" / "gru.gin").write_text("include 'base.gin'\nAgent.traj_encoder = 'gru'\n")
+    text = expand_includes(tmp_path / "suite" / "gru.gin")
+    assert "Experiment.epochs = 3" in text and text.index("epochs") < text.index("traj_encoder")
+    assert "include" not in text.replace("included from", "")
+    (tmp_path / "suite" / "loop.gin").write_text("include 'loop.gin'\n")
+    with pytest.raises(SystemExit, match="cycle"):
+        expand_includes(tmp_path / "suite" / "loop.gin")
+    (tmp_path / "suite" / "missing.gin").write_text("include 'nope.gin'\n")
+    with pytest.raises(SystemExit, match="nope.gin"):
+        expand_includes(tmp_path / "suite" / "missing.gin")

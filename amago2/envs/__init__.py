@@ -17,6 +17,9 @@ from amago2.envs.pool import EnvPool, EnvPoolError, StepResult, make_pool
 
 # `import amago2.envs` registers amago2/TMaze-v0, amago2/MetaBandit-v0, amago2/MetaGridworld-v0.
 register_tasks()
+from amago2.envs.suites import register_suite_ids  # noqa: E402
+
+register_suite_ids()
 
 __all__ = [
     "AgentEnv",

@@ -1,0 +1,46 @@
+"""The benchmark suites: Meta-World, POPGym, BabyAI, Procgen and Atari.
+
+Each suite lives in its own module here and imports its library only when one of its
+environments is built, so `import amago2` works without any suite installed; a missing
+library raises an ImportError naming the pip command that installs it (`require`).
+
+`import amago2.envs` registers every suite's gymnasium ids (`amago2/<Suite>-...`), so gin
+configs can name them: `Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari")
+
+INSTALL_HINTS = {
+    "metaworld": 'pip install -e ".[envs]"  (or: pip install metaworld)',
+    "popgym": 'pip install -e ".[envs]"  (or: pip install popgym mazelib)',
+    "minigrid": 'pip install -e ".[envs]"  (or: pip install minigrid)',
+    "ale_py": 'pip install -e ".[envs]"  (or: pip install ale-py)',
+    "procgen": 'pip install -e ".[procgen]" in its own environment (procgen2 needs numpy<2)',
+}
+
+
+def require(module: str, suite: str) -> ModuleType:
+    """Import a suite's library, or fail with the command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        hint = INSTALL_HINTS.get(module, f"pip install {module}")
+        raise ImportError(f"the {suite} suite needs the `{module}` package, which is not importable ({err}). Install it: {hint}") from err
+
+
+def register_suite_ids() -> None:
+    """Register the gymnasium ids of every suite module (none of them imports its library here)."""
+    for name in SUITE_MODULES:
+        qualified = f"{__name__}.{name}"
+        try:
+            module = importlib.import_module(qualified)
+        except ModuleNotFoundError as err:
+            if err.name == qualified:  # that suite module is not part of this checkout
+                continue
+            raise
+        module.register_ids()
