@@ -61,8 +61,9 @@ class Agent(nn.Module):
             -E_pi Q(s, .) (discrete); 0 keeps the actor scale-invariant.
         n_action_samples: samples of a' ~ pi used for E Q(s, a') with continuous actions.
         value_bins: the classification critic's bins (default: `ValueBins()` with its gin bindings).
-        target_encoder: also keep target copies of the timestep and trajectory encoders
-            (as AMAGO does); False reads next-state features from the online encoder.
+        target_encoder: also keep target copies of the timestep and trajectory encoders for
+            the next-state features of TD targets; False reads them from the online encoder
+            (detached), as AMAGO does, which saves one sequence-model forward per update.
     """
 
     def __init__(
@@ -269,10 +270,11 @@ class Agent(nn.Module):
             critic_loss = 0.5 * (q_out[..., 0].float() - target.unsqueeze(0)).pow(2).mean()
 
         # ---- actor: filtered BC per gamma
-        policy = self.policy(self.actor(s))  # batch shape [N, G]
+        actor_out = self.actor(s)
+        policy = self.policy(actor_out)  # batch shape [N, G]
         with torch.no_grad():
             s_sg = s.detach()
-            fixed_policy = self.policy(self.actor(s_sg))
+            fixed_policy = self.policy(actor_out.detach())  # the same numbers as re-running the actor on s_sg
             if self.discrete:  # every action's value from the hidden layer computed above
                 q_all = self._values(self.critic.head(hidden.detach())).mean(0)  # [N, G, A], ensemble mean
                 q_taken = q_all.gather(-1, a_index.view(-1, 1, 1).expand(-1, q_all.shape[1], 1)).squeeze(-1)
