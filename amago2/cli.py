@@ -26,6 +26,7 @@ CONFIG_NAME = "config.gin"
 def _parse_gin(config_text: str, bindings: Sequence[str]) -> None:
     import amago2.envs  # noqa: F401  (registers the env ids and gin configurables used by configs)
     import amago2.experiment  # noqa: F401
+    import amago2.plot  # noqa: F401  (plot_runs.max_task_panels can be bound in a config)
 
     gin.clear_config()
     gin.parse_config(config_text)

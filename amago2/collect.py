@@ -89,6 +89,7 @@ class Collector:
         self.new_trial = np.ones(pool.n_envs, dtype=bool)
         self.writers: List[Optional[SegmentWriter]] = [None] * pool.n_envs
         self.env_steps = 0
+        self.trials_per_env = np.zeros(pool.n_envs, dtype=np.int64)  # finished trials, per env
 
     def _writer(self, i: int) -> Optional[SegmentWriter]:
         if self.store is None:
@@ -121,11 +122,20 @@ class Collector:
         return actions
 
     def collect(
-        self, agent, n_steps: int, sample: bool = True, stats: Optional[TrialStats] = None, progress=None, epsilon: float = 0.0
+        self,
+        agent,
+        n_steps: int,
+        sample: bool = True,
+        stats: Optional[TrialStats] = None,
+        progress=None,
+        epsilon: float = 0.0,
+        max_trials_per_env: Optional[int] = None,
     ) -> Dict[str, float]:
         """Step every env `n_steps` times. Returns timing figures; finished trials go into `stats`.
 
         `epsilon`: probability of a uniformly random action instead of the agent's (exploration).
+        `max_trials_per_env`: only the first k finished trials of each env count in `stats`, so
+        that an evaluation is not biased towards tasks whose trials end sooner.
         """
         if self.tokens is None:
             self._start(agent)
@@ -148,8 +158,10 @@ class Collector:
                             writer.task = str(trial.get("task") or writer.task)
                         writer.append(final)
                         writer.close(returns=None if trial is None else [float(r) for r in trial["returns"]])
-                    if stats is not None and trial is not None:
-                        stats.add(self.pool.env_names[i], trial)
+                    if trial is not None:
+                        self.trials_per_env[i] += 1
+                        if stats is not None and (max_trials_per_env is None or self.trials_per_env[i] <= max_trials_per_env):
+                            stats.add(self.pool.env_names[i], trial)
                     writer = self.writers[i] = self._writer(i)
                 if writer is not None:
                     writer.append(dict(_row(res.tokens, i), terminal=False))

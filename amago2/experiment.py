@@ -266,7 +266,8 @@ class Experiment:
         return out
 
     def evaluate(self, n_trials: Optional[int] = None, save_dir: Optional[Union[str, Path]] = None) -> Dict[str, float]:
-        """Run `n_trials` trials (at least) in fresh eval envs; optionally save them as trajectory files."""
+        """Run `n_trials` trials (at least; the same number in each eval env) in fresh eval envs;
+        optionally save them as trajectory files."""
         n_trials = n_trials or self.eval_trials
         n = min(self.n_envs, n_trials)
         pool = make_pool(self.eval_env, n, mode=self.env_mode, trial_episodes=self.trial_episodes,
@@ -276,9 +277,12 @@ class Experiment:
         stats = TrialStats()
         was_training = self.policy.training
         self.policy.eval()
+        # Every env contributes the same number of trials: counting the first n_trials to finish
+        # would favour the tasks whose trials are short (in a multi-task mixture).
+        per_env = -(-n_trials // n)
         try:
-            while stats.trials < n_trials:
-                collector.collect(self.policy, 16, sample=self.eval_sample, stats=stats)
+            while collector.trials_per_env.min() < per_env:
+                collector.collect(self.policy, 16, sample=self.eval_sample, stats=stats, max_trials_per_env=per_env)
         finally:
             self.policy.train(was_training)
             collector.close()
