@@ -351,6 +351,18 @@ def test_babyai_mission_order_and_padding():
     torch.testing.assert_close(enc(one, **{k: v[:1] for k, v in extras.items()}), y[:1])
 
 
+def test_babyai_reads_the_one_hot_direction_agentenv_makes():
+    one_hot_space = Dict_({**BABYAI.spaces, "direction": Box(0.0, 1.0, (4,), np.float32)})
+    torch.manual_seed(0)
+    enc = build("babyai", BABYAI, {}).eval()
+    enc_oh = build("babyai", one_hot_space, {}).eval()
+    enc_oh.load_state_dict(enc.state_dict())
+    g = torch.Generator().manual_seed(13)
+    obs, extras = sample_obs(BABYAI, g, 2, 3), sample_extras(ACTIONS["discrete"], g, 2, 3)
+    obs_oh = dict(obs, direction=torch.nn.functional.one_hot(obs["direction"].long(), 4).float())
+    torch.testing.assert_close(enc_oh(obs_oh, **extras), enc(obs, **extras))
+
+
 def test_babyai_rejects_out_of_range_cells():
     enc = build("babyai", BABYAI, {})
     g = torch.Generator().manual_seed(12)

@@ -7,7 +7,8 @@ The observation is a Dict:
                fully-observed wrapper writes the agent's direction, 0..3, into the state).
     mission    Box(0, vocab_size - 1, (max_words,), int64): token ids, 0 = padding. The env
                wrapper makes them with `amago2.envs.babyai_text.tokenize_mission`.
-    direction  Discrete(4), optional: the agent's heading.
+    direction  Discrete(4), or its one-hot Box(0, 1, (4,)) as AgentEnv converts it; optional:
+               the agent's heading.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class BabyAITstepEncoder(TstepEncoder):
         self.has_direction = "direction" in spaces
         d_obs = d_image + d_mission
         if self.has_direction:
-            self.direction_embed = nn.Embedding(int(spaces["direction"].n), d_direction)
+            space = spaces["direction"]
+            n_directions = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(space.shape[0])
+            self.direction_embed = nn.Embedding(n_directions, d_direction)
             d_obs += d_direction
         self._build_head(d_obs)
 
@@ -112,8 +115,10 @@ class BabyAITstepEncoder(TstepEncoder):
             )
         if len(mission.shape) != 1 or not np.issubdtype(mission.dtype, np.integer) or mission.low.min() < 0 or mission.high.max() > 1_000_000:
             return f"'mission' must be token ids, Box(0, vocab_size - 1, (max_words,), int64), got {mission}"
-        if "direction" in spaces and not isinstance(spaces["direction"], gym.spaces.Discrete):
-            return f"'direction' must be Discrete, got {spaces['direction']}"
+        direction = spaces.get("direction")
+        one_hot = isinstance(direction, gym.spaces.Box) and len(direction.shape) == 1
+        if direction is not None and not (isinstance(direction, gym.spaces.Discrete) or one_hot):
+            return f"'direction' must be Discrete (or its one-hot Box, as AgentEnv converts it), got {direction}"
         return None
 
     def _encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -164,6 +169,9 @@ class BabyAITstepEncoder(TstepEncoder):
         B, L = image.shape[:2]
         feats = [self._encode_image(image.flatten(0, 1)), self._encode_mission(mission.flatten(0, 1))]
         if self.has_direction:
-            direction = obs["direction"].long().reshape(B * L)
+            direction = obs["direction"]
+            if direction.dim() == 3:  # one-hot [B, L, n] from AgentEnv -> index
+                direction = direction.argmax(-1)
+            direction = direction.long().reshape(B * L)
             feats.append(self.direction_embed(direction))
         return torch.cat(feats, dim=-1).unflatten(0, (B, L))  # [B, L, d_obs]
