@@ -56,6 +56,8 @@ class Experiment:
     Offline: `offline=True` trains from `protected_dirs` only; `online_after_updates`
     (offline-to-online) starts collecting once that many updates were made.
     `tune_malloc` raises glibc's malloc thresholds on CPU (see `amago2.malloc`).
+    `act_threads`: torch CPU threads while acting (default: 1 with async envs on CPU, where
+    env workers share the cores; see `amago2.collect.Collector`).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Experiment:
         wandb_project: str = "amago2",
         progress: bool = True,
         tune_malloc: bool = True,
+        act_threads: Optional[int] = None,
     ):
         if env_mode not in ("sync", "async"):
             raise ValueError(f"Experiment.env_mode must be 'sync' or 'async', got {env_mode!r}")
@@ -107,6 +110,7 @@ class Experiment:
         self.train_env, self.eval_env = train_env, eval_env if eval_env is not None else train_env
         self.env_kwargs, self.trial_episodes, self.n_envs, self.env_mode = dict(env_kwargs or {}), trial_episodes, n_envs, env_mode
         self.max_seq_len, self.batch_size = max_seq_len, batch_size
+        self.act_threads = act_threads
         self.epochs, self.env_steps_per_epoch, self.updates_per_epoch = epochs, env_steps_per_epoch, updates_per_epoch
         self.learning_starts = learning_starts
         self.explore_eps_start, self.explore_eps_end = explore_eps_start, explore_eps_end
@@ -141,7 +145,8 @@ class Experiment:
             replay_capacity if will_collect else 0,
             protected_dirs=self.protected_dirs,
         )
-        self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank)
+        self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank,
+                                   act_threads=act_threads)  # fmt: skip
         self.epoch = self.updates = 0
         self.logger = RunLogger(self.run_dir, config=dict(gin_config=gin.config_str()), wandb_project=wandb_project,
                                 use_wandb=use_wandb, rank=self.rank)  # fmt: skip
@@ -273,7 +278,7 @@ class Experiment:
         pool = make_pool(self.eval_env, n, mode=self.env_mode, trial_episodes=self.trial_episodes,
                          seed=self.seed + 99_991 + 10_000 * self.rank + self.epoch, env_kwargs=self.env_kwargs)  # fmt: skip
         store = ReplayStore(save_dir, 10**12) if save_dir is not None else None
-        collector = Collector(pool, store, self.max_segment_len, self.device)
+        collector = Collector(pool, store, self.max_segment_len, self.device, act_threads=self.act_threads)
         stats = TrialStats()
         was_training = self.policy.training
         self.policy.eval()

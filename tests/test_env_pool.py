@@ -337,3 +337,33 @@ def test_killed_worker_is_reported():
     with pytest.raises(EnvPoolError, match=r"worker process \d+ \(envs 1\.\.1\) died"):
         pool.step([0, 0])
     assert no_children_left(procs)
+
+
+def test_collector_acts_with_one_thread_beside_async_workers():
+    import torch
+
+    from amago2.collect import Collector
+
+    class Probe:
+        """Records the torch thread count at every act."""
+
+        def __init__(self):
+            self.threads = []
+
+        def init_state(self, n, device=None):
+            return None
+
+        def act(self, tokens, state, reset=None, sample=True):
+            self.threads.append(torch.get_num_threads())
+            return torch.zeros(len(reset), dtype=torch.int64), state
+
+    before = torch.get_num_threads()
+    for mode, expected in (("sync", before), ("async", 1)):
+        pool = make_pool("amago2/TMaze-v0", n_envs=2, mode=mode, env_kwargs={"horizon": 3})
+        try:
+            agent = Probe()
+            Collector(pool).collect(agent, 3)
+            assert set(agent.threads) == {expected}
+            assert torch.get_num_threads() == before  # restored afterwards
+        finally:
+            pool.close()
