@@ -60,13 +60,6 @@ def tiny_config(tmp_path):
     return path
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 def test_a_misspelt_binding_fails_before_any_work(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
     out = amago2("train", str(tiny_config), "--run-dir", str(run_dir), "--bind", "Experiment.epocs = 3", timeout=60)

@@ -11,6 +11,7 @@ import pytest
 
 import amago2.envs  # noqa: F401  (registers the amago2/Atari-* ids)
 from amago2.envs.suites import atari
+from conftest import TINY_AGENT
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_HINT = 'the Atari suite needs ale-py: pip install -e ".[envs]"  (or: pip install ale-py)'
@@ -19,13 +20,6 @@ INSTALL_HINT = 'the Atari suite needs ale-py: pip install -e ".[envs]"  (or: pip
 @pytest.fixture
 def ale():
     return pytest.importorskip("ale_py", reason=INSTALL_HINT, exc_type=ImportError)
-
-
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 # ------------------------------------------------------------------ no emulator needed
@@ -233,7 +227,7 @@ def test_tiny_experiment_on_two_games(ale, tmp_path, clean_gin):
     gin.parse_config(
         [
             'Agent.traj_encoder = "gru"', 'Agent.tstep_encoder = "nature_cnn"', 'Agent.tstep_options = {"d_features": 32}',
-            "Agent.d_tstep = 16", "Agent.d_model = 16", "Agent.n_layers = 1", "Agent.d_hidden = 32",
+            *TINY_AGENT,
             "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9", "Agent.n_critics = 2",
             "ValueBins.min_value = -100.0", "ValueBins.max_value = 100.0", "ValueBins.n_bins = 16",
         ]

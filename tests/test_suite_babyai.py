@@ -31,6 +31,7 @@ from amago2.envs.suites.babyai import (  # noqa: E402
     make_babyai_multitask,
     resolve_level,
 )
+from conftest import TINY_AGENT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short levels keep the tests fast: step limits 16 (GoToObjS4) and 25 (GoToLocalS5N2).
@@ -265,8 +266,7 @@ def test_a_tiny_agent_trains_on_the_multitask_env(tmp_path):
 
     gin.clear_config()
     gin.parse_config([
-        'Agent.traj_encoder = "gru"', "Agent.d_model = 16", "Agent.n_layers = 1", "Agent.d_tstep = 16",
-        "Agent.d_hidden = 32", "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9", "ValueBins.n_bins = 16",
+        *TINY_AGENT, "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9", "ValueBins.n_bins = 16",
         "BabyAITstepEncoder.d_embed = 8", "BabyAITstepEncoder.d_image = 16", "BabyAITstepEncoder.d_word = 8",
         "BabyAITstepEncoder.d_mission = 16",
         # Mean-pooled words: a GRU's many tiny ops dominate the test's time on a busy CPU.

@@ -21,6 +21,7 @@ import pytest
 import amago2.envs  # noqa: F401  (registers the ids)
 from amago2.envs import AgentEnv, make_pool
 from amago2.envs.suites import metaworld as mws
+from conftest import TINY_AGENT
 
 ROOT = Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / "gin" / "suites" / "metaworld"
@@ -34,13 +35,6 @@ ML10_TEST = ["drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3
 @pytest.fixture
 def needs_metaworld():
     pytest.importorskip("metaworld", reason=HINT)
-
-
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def run_trial(env: AgentEnv, seed=None):
@@ -253,8 +247,7 @@ def test_experiment_trains_and_logs_success_per_family(needs_metaworld, clean_gi
     from amago2.logger import read_metrics
 
     gin.parse_config([
-        'Agent.traj_encoder = "gru"', "Agent.d_model = 16", "Agent.n_layers = 1", "Agent.d_tstep = 16",
-        "Agent.d_hidden = 32", "Agent.gammas = (0.9, 0.99)", "ValueBins.min_value = -10.0",
+        *TINY_AGENT, "Agent.gammas = (0.9, 0.99)", "ValueBins.min_value = -10.0",
         "ValueBins.max_value = 1000.0", "ValueBins.n_bins = 16",
     ])  # fmt: skip
     exp = Experiment(

@@ -259,13 +259,6 @@ def test_all_48_games_in_one_mixture():
 # ------------------------------------------------------------------------ configs and training
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 CONFIGS = sorted((ROOT / "gin" / "suites" / "popgym").glob("*.gin"))
 
 

@@ -34,6 +34,7 @@ from amago2.envs.suites.procgen import (
     resolve_game,
     step_limit,
 )
+from conftest import TINY_AGENT
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_PROCGEN = importlib.util.find_spec("procgen") is not None
@@ -267,7 +268,7 @@ def test_a_tiny_agent_trains_from_base_gin_on_fake_procgen(tmp_path):
     gin.clear_config()
     gin.parse_config(expand_includes(ROOT / "gin/suites/procgen/gru.gin"))
     gin.parse_config([
-        "Agent.d_model = 16", "Agent.n_layers = 1", "Agent.d_tstep = 16", "Agent.d_hidden = 32",
+        *TINY_AGENT,
         "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9", "ValueBins.n_bins = 16",
         'Agent.tstep_options = {"channels": (4, 4, 4), "d_features": 16}', f"make_procgen_multigame.games = {games}",
     ])  # fmt: skip
