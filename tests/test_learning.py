@@ -2,8 +2,10 @@
 
 Thresholds come from the task's reference returns (amago2/envs/tasks.py):
   T-maze, horizon 50: optimal 1.0; any policy without memory scores at most 0.5.
+  Bandit, 5 arms (one pays with p = 0.9, four with 0.1; which one is hidden per trial),
+  25 pulls: the oracle scores 22.5, any policy that ignores the rewards 6.5 (Thompson
+  sampling 19.5, win-stay/lose-shift 15.2).
 Evaluation is greedy (the policy's most likely action) over 32 fresh trials.
-(The meta-RL bandit is not learned yet within a CI budget; see gin/bandit.gin.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TMAZE_THRESHOLD = 0.8  # well above the memoryless ceiling of 0.5
 TMAZE_MEMORYLESS_MAX = 0.6
+BANDIT_THRESHOLD = 12.0  # a third of the way from ignoring the rewards (6.5) to the oracle (22.5)
 
 
 def train(config: str, kind: str, run_dir: Path, **bindings) -> dict:
@@ -48,3 +51,16 @@ def test_tmaze_needs_and_gets_memory(kind, tmp_path):
 def test_tmaze_is_not_solved_without_memory(tmp_path):
     result = train("tmaze.gin", "ff", tmp_path)
     assert result["return/all"] <= TMAZE_MEMORYLESS_MAX, result
+
+
+# gin/bandit.gin's budget (20 epochs, 800 updates). Measured on a 2-core CPU (seed 1, greedy
+# evaluation after 800 updates): transformer 17.5, mamba 16.3, retention 19.2. The threshold
+# leaves room for the run-to-run spread.
+BANDIT_KINDS = ("transformer", "mamba", "retention")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", BANDIT_KINDS)
+def test_bandit_is_solved_in_context(kind, tmp_path):
+    result = train("bandit.gin", kind, tmp_path)
+    assert result["return/all"] >= BANDIT_THRESHOLD, result
