@@ -354,3 +354,36 @@ def test_bad_configuration_errors_name_the_fix():
         Agent(obs, gym.spaces.Discrete(2), actor_filter="sign")
     with pytest.raises(ValueError, match="redq_subset"):
         Agent(obs, gym.spaces.Discrete(2), n_critics=2, redq_subset=3)
+
+
+@pytest.mark.parametrize(
+    "bins, expected",
+    [
+        (dict(min_value=-10, max_value=15000, n_bins=64), 0.0),
+        (dict(min_value=-1, max_value=11, n_bins=96, spacing="linear"), 0.0),
+        (dict(min_value=-1, max_value=3, n_bins=32, label="hlgauss"), 0.0),
+        (dict(min_value=1, max_value=10, n_bins=16, spacing="linear"), 1.3),  # 0 outside: the nearest inner value
+    ],
+)
+def test_zero_prior_decodes_to_zero_and_stays_spread_out(bins, expected):
+    b = ValueBins(**bins)
+    logits = b.zero_prior_logits()
+    assert abs(float(b.decode_logits(logits)) - expected) < 1e-4
+    assert float(torch.softmax(logits, 0).max()) < 0.7  # a tilt of the uniform, not a spike
+
+
+def test_zero_prior_is_no_change_for_a_symmetric_range():
+    assert torch.equal(ValueBins(-2, 2, 32).zero_prior_logits(), torch.zeros(32))
+
+
+def test_an_untrained_critic_predicts_about_zero_whatever_the_bin_range():
+    torch.manual_seed(0)
+    for bins in (ValueBins(-1, 11, 96, spacing="linear"), ValueBins(-10, 15000, 64)):
+        agent = Agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4), max_seq_len=8, traj_encoder="gru", d_model=16,
+                      value_bins=bins)  # fmt: skip
+        with torch.no_grad():
+            q = agent._values(agent.critic(torch.randn(256, 16)))
+            q_target = agent._values(agent.target_critic(torch.randn(256, 16)))
+        # The middle of these ranges decodes to about 5 and about 100; the prior starts at 0.
+        assert q.mean().abs() < 0.05 and q.abs().max() < 1.0, q.abs().max()
+        assert q_target.mean().abs() < 0.05

@@ -142,6 +142,13 @@ class Agent(nn.Module):
         self.actor = Actor(d_state, n_g, self.policy.n_params, d_hidden=d_hidden, n_layers=head_layers)
         self.critic = Critic(d_state, self.action_dim, self.discrete, n_g, n_out, n_critics=n_critics, d_hidden=d_hidden, n_layers=head_layers)
 
+        if self.bins is not None:
+            # Start every critic head at a predicted return of 0 (see ValueBins.zero_prior_logits).
+            with torch.no_grad():
+                prior = self.bins.zero_prior_logits()
+                bias = self.critic.mlp.out.bias.view(n_critics, 1, n_g, self.critic.n_actions, n_out)
+                bias += prior.to(bias.dtype)
+
         # Targets are plain copies, updated by Polyak averaging and never by the optimiser.
         self.target_actor = _frozen_copy(self.actor)
         self.target_critic = _frozen_copy(self.critic)

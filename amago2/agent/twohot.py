@@ -97,6 +97,40 @@ class ValueBins(torch.nn.Module):
         """probabilities [..., n_bins] -> values [...] (the expected bin position, mapped back)."""
         return self._from_space(probs @ self.centres.to(probs.dtype))  # a matvec: no [..., n_bins] temporary
 
+    def zero_prior_logits(self) -> torch.Tensor:
+        """Logits [n_bins] of the most spread-out distribution whose decoded value is 0.
+
+        An untrained critic should predict a return of 0, not the middle of the bin range:
+        with an asymmetric range such as [-10, 15000] the middle is a huge value, and TD
+        bootstrapping then spends many updates unlearning that offset (measured on the
+        bandit: values still near their initial mid-range after 600 updates, with no action
+        dependence). The answer is the exponential tilt p_i ~ exp(lam * s_i) of the uniform
+        distribution over bin positions s_i whose mean is the position of 0 (of the nearest
+        value inside the range when 0 is outside it); lam = 0, all zeros, for a range
+        symmetric around 0.
+        """
+        s = self.centres.double()
+        target = min(max(float(self._to_space(torch.tensor(0.0, dtype=torch.float64))), self.lo + self.width / 2),
+                     self.hi - self.width / 2)  # fmt: skip
+
+        def mean(lam: float) -> float:
+            return float((torch.softmax(lam * s, 0) * s).sum())
+
+        if abs(mean(0.0) - target) < 1e-9 * max(1.0, abs(target)):
+            return torch.zeros(self.n_bins)
+        scale = 1.0 / max(float(s.abs().max()), 1e-12)
+        lo, hi = -scale, scale
+        while mean(lo) > target:
+            lo *= 2
+        while mean(hi) < target:
+            hi *= 2
+        for _ in range(200):  # bisection: the tilted mean increases with lam
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
+        lam = 0.5 * (lo + hi)
+        logits = lam * s
+        return (logits - logits.max()).float()
+
     def decode_logits(self, logits: torch.Tensor) -> torch.Tensor:
         return self.decode(F.softmax(logits.float(), dim=-1))
 
