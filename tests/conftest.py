@@ -19,3 +19,16 @@ def clean_gin():
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+def python_output(code: str, timeout: float = 120) -> str:
+    """Stdout of `code` run in a fresh interpreter (for what only a new process shows, such as
+    which libraries an import pulls in); fails the test with its stderr if it fails."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout

@@ -31,7 +31,7 @@ from amago2.envs.suites.babyai import (  # noqa: E402
     make_babyai_multitask,
     resolve_level,
 )
-from conftest import TINY_AGENT  # noqa: E402
+from conftest import TINY_AGENT, python_output  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short levels keep the tests fast: step limits 16 (GoToObjS4) and 25 (GoToLocalS5N2).
@@ -75,9 +75,7 @@ def test_ids_are_registered_without_importing_minigrid():
         "ids = [k for k in gym.registry if k.startswith('amago2/BabyAI-')]\n"
         "print(len(ids), 'amago2/BabyAI-MultiTask-v0' in ids, 'amago2/BabyAI-GoToObjS6-v0' in ids)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["97", "True", "True"]
+    assert python_output(code).split() == ["97", "True", "True"]
 
 
 def test_resolve_level_accepts_names_and_ids_and_explains_unknown_ones():

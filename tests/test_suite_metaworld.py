@@ -21,7 +21,7 @@ import pytest
 import amago2.envs  # noqa: F401  (registers the ids)
 from amago2.envs import AgentEnv, make_pool
 from amago2.envs.suites import metaworld as mws
-from conftest import TINY_AGENT
+from conftest import TINY_AGENT, python_output
 
 ROOT = Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / "gin" / "suites" / "metaworld"
@@ -54,9 +54,7 @@ def run_trial(env: AgentEnv, seed=None):
 # ------------------------------------------------------------------ without the library
 def test_ids_are_registered_without_importing_metaworld():
     code = "import sys, gymnasium as gym, amago2.envs; print(sorted(k for k in gym.registry if 'MetaWorld' in k)); print('metaworld' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    ids, imported = out.stdout.strip().splitlines()
+    ids, imported = python_output(code).strip().splitlines()
     assert eval(ids) == sorted(IDS)
     assert imported == "False", "import amago2.envs must not import metaworld"
 

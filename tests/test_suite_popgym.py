@@ -4,7 +4,6 @@ over games of different spaces, names and errors, gin configs, and a tiny traini
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 import warnings
 from importlib.util import find_spec
@@ -17,6 +16,7 @@ import pytest
 
 from amago2.envs import ActionConverter, AgentEnv
 from amago2.envs.suites import popgym as P
+from conftest import TINY_AGENT, python_output
 
 ROOT = Path(__file__).resolve().parents[1]
 HINT = 'the POPGym suite needs popgym: pip install -e ".[envs]" (or: pip install popgym mazelib)'
@@ -65,9 +65,7 @@ def test_import_registers_every_id_without_importing_popgym():
         "assert all(i in gym.registry for i in P.POPGYM_IDS) and P.MULTITASK_ID in gym.registry\n"
         "print(len(P.POPGYM_IDS))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["48"]
+    assert python_output(code).split() == ["48"]
 
 
 def test_names_and_ids():
@@ -289,20 +287,10 @@ def test_a_tiny_experiment_trains_on_a_popgym_mixture(tmp_path, clean_gin):
     from amago2.experiment import Experiment
     from amago2.logger import read_metrics
 
-    gin.parse_config(
-        """
-        Agent.traj_encoder = "gru"
-        Agent.d_model = 16
-        Agent.n_layers = 1
-        Agent.d_tstep = 16
-        Agent.d_hidden = 32
-        Agent.gammas = (0.9,)
-        Agent.main_gamma = 0.9
-        ValueBins.min_value = -2.0
-        ValueBins.max_value = 2.0
-        ValueBins.n_bins = 16
-        """
-    )
+    gin.parse_config([
+        *TINY_AGENT, "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9",
+        "ValueBins.min_value = -2.0", "ValueBins.max_value = 2.0", "ValueBins.n_bins = 16",
+    ])  # fmt: skip
     # Short games (at most 64 steps), so that trials end in the one epoch and the evaluation.
     games = ["RepeatPreviousEasy", "CountRecallEasy", "BattleshipEasy", "MineSweeperEasy"]
     exp = Experiment(run_dir=tmp_path / "run", train_env=P.MULTITASK_ID, env_kwargs={"games": games},

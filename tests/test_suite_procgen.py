@@ -34,7 +34,7 @@ from amago2.envs.suites.procgen import (
     resolve_game,
     step_limit,
 )
-from conftest import TINY_AGENT
+from conftest import TINY_AGENT, python_output
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_PROCGEN = importlib.util.find_spec("procgen") is not None
@@ -236,9 +236,7 @@ def test_ids_are_registered_without_importing_procgen():
         "print(sorted(k for k in gym.registry if k.startswith('amago2/Procgen-'))[:3], "
         "len([k for k in gym.registry if k.startswith('amago2/Procgen-')]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['amago2/Procgen-BigFish-v0', 'amago2/Procgen-BossFight-v0', 'amago2/Procgen-CaveFlyer-v0'] 17"
+    assert python_output(code).strip() == "['amago2/Procgen-BigFish-v0', 'amago2/Procgen-BossFight-v0', 'amago2/Procgen-CaveFlyer-v0'] 17"
 
 
 def test_registered_ids_take_the_factory_arguments():
