@@ -32,3 +32,17 @@ def python_output(code: str, timeout: float = 120) -> str:
                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def read_trained_run(run_dir):
+    """A finished run's metric records and its "train" records, after checking that it trained
+    and every logged loss is finite."""
+    import math
+
+    from amago2.logger import read_metrics
+
+    records = read_metrics(run_dir)
+    train = [r for r in records if r["kind"] == "train"]
+    assert train, "the run logged no training epoch"
+    assert all(math.isfinite(r[k]) for r in train for k in ("loss", "critic_loss", "actor_loss")), train
+    return records, train
