@@ -335,12 +335,6 @@ class ActionConverter:
             self.agent_space = spaces.Box(-1.0, 1.0, (self.n,), np.float32)
 
     @property
-    def task_name(self) -> str:
-        """The current task's name: the env's own `task_name` if it has one, else `env_name`."""
-        name = _find_attr(self.env, "task_name")
-        return str(name) if name is not None else self.env_name
-
-    @property
     def action_dim(self) -> int:
         """A: the length of the `prev_action` vector."""
         return self.n
@@ -505,6 +499,7 @@ class AgentEnv(gym.Wrapper):
         self._normalized_score: Optional[Callable[[float], Optional[float]]] = score if callable(score) else None
         self._new_task_option = bool(env.metadata.get(NEW_TASK_OPTION, False))
 
+        self._task_name: Optional[str] = None
         self._running = False
         self._episode = 0
         self._time = 0
@@ -514,7 +509,13 @@ class AgentEnv(gym.Wrapper):
 
     @property
     def task_name(self) -> str:
-        """The current task's name: the env's own `task_name` if it has one, else `env_name`."""
+        """The current task's name: the env's own `task_name` if it has one, else `env_name`.
+        Looked up at each trial reset (a task holds for the whole trial), not at every step."""
+        if self._task_name is None:
+            self._task_name = self._lookup_task_name()
+        return self._task_name
+
+    def _lookup_task_name(self) -> str:
         name = _find_attr(self.env, "task_name")
         return str(name) if name is not None else self.env_name
 
@@ -553,6 +554,7 @@ class AgentEnv(gym.Wrapper):
         elif self._new_task_option:
             options = {**(options or {}), "new_task": True}
         obs, env_info = self.env.reset(seed=seed, options=options)
+        self._task_name = self._lookup_task_name()  # the env picked this trial's task in its reset
         self._episode = 0
         self._returns, self._lengths, self._success = [], [], []
         self._begin_episode()
