@@ -88,7 +88,9 @@ class TaskMixture(gym.Env):
                 env.close()
                 self._envs.append(None)
         self._obs_converters = [ObservationConverter(s, text_tokenizer) for s in obs_spaces]
-        self.observation_space, self._obs_dims = _common_obs_space(self.names, [c.space for c in self._obs_converters])
+        converted = [c.space for c in self._obs_converters]
+        self.observation_space = _common_obs_space(self.names, converted)
+        self._pad_obs = any(space != self.observation_space for space in converted)
         self.action_space, self._action_kind = _common_action_space(self.names, act_spaces)
         self._act_spaces = act_spaces
 
@@ -145,7 +147,7 @@ class TaskMixture(gym.Env):
     # ------------------------------------------------------------------ gym API
     def _obs(self, obs: Any) -> Any:
         out = self._obs_converters[self.index](obs)
-        if self._obs_dims is None:
+        if not self._pad_obs:
             return out
         padded = np.zeros(self.observation_space.shape, dtype=np.float32)
         padded[: out.shape[0]] = out
@@ -181,10 +183,10 @@ class TaskMixture(gym.Env):
                 self._envs[k] = None
 
 
-def _common_obs_space(names: Sequence[str], converted: Sequence[spaces.Space]) -> Tuple[spaces.Space, Optional[List[int]]]:
-    """The mixture's observation space and, when vectors are padded, each task's length."""
+def _common_obs_space(names: Sequence[str], converted: Sequence[spaces.Space]) -> spaces.Space:
+    """The mixture's observation space: the tasks' own if they share one, else the padded vector."""
     if all(s == converted[0] for s in converted):
-        return converted[0], None
+        return converted[0]
     flat = all(isinstance(s, spaces.Box) and len(s.shape) == 1 for s in converted)
     if not flat:
         kinds = {n: str(s) for n, s in zip(names, converted)}
@@ -200,7 +202,7 @@ def _common_obs_space(names: Sequence[str], converted: Sequence[spaces.Space]) -
         low[:d], high[:d] = np.minimum(low[:d], s.low), np.maximum(high[:d], s.high)
     # Padding is 0, so 0 must lie inside the bounds of every padded coordinate.
     low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)
-    return spaces.Box(low, high, (max(dims),), np.float32), dims
+    return spaces.Box(low, high, (max(dims),), np.float32)
 
 
 def _common_action_space(names: Sequence[str], spaces_: Sequence[spaces.Space]) -> Tuple[spaces.Space, str]:
