@@ -32,8 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from common import machine_description, markdown_table, write_docs_section  # noqa: E402
 
-SUITES = ("metaworld", "popgym", "babyai", "procgen", "atari")
-LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py"}
+from amago2.envs.suites import INSTALL_HINTS, SUITE_LIBRARY, SUITE_MODULES as SUITES  # noqa: E402
 
 
 def suite_settings(suite: str) -> dict:
@@ -100,10 +99,9 @@ def main() -> None:
 
     rows = []
     for suite in args.suites:
-        if importlib.util.find_spec(LIBRARY[suite]) is None:
-            from amago2.envs.suites import INSTALL_HINTS
-
-            print(f"{suite}: skipped ({LIBRARY[suite]} is not installed: {INSTALL_HINTS[LIBRARY[suite]]})", flush=True)
+        library = SUITE_LIBRARY[suite]
+        if importlib.util.find_spec(library) is None:
+            print(f"{suite}: skipped ({library} is not installed: {INSTALL_HINTS[library]})", flush=True)
             rows.append([suite, "-", "-", "not installed here", "not installed here"])
             continue
         settings = suite_settings(suite)

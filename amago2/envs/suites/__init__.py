@@ -14,6 +14,8 @@ import importlib
 from types import ModuleType
 
 SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari")
+SUITE_LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py"}
+"""The package each suite module imports (through `require`) to build its envs."""
 
 INSTALL_HINTS = {
     "metaworld": 'pip install -e ".[envs]"  (or: pip install metaworld)',
