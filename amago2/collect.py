@@ -121,7 +121,6 @@ class Collector:
             if self.writers[i] is not None:
                 self.writers[i].append(dict(_row(self.tokens, i), terminal=False))
 
-    @torch.no_grad()
     def _explore(self, actions: np.ndarray, epsilon: float) -> np.ndarray:
         """With probability epsilon per env, replace the agent's action by a uniformly random one."""
         if epsilon <= 0:
@@ -161,6 +160,7 @@ class Collector:
         finally:
             torch.set_num_threads(threads)
 
+    @torch.no_grad()
     def _collect(self, agent, n_steps, sample, stats, progress, epsilon, max_trials_per_env) -> Dict[str, float]:
         if self.tokens is None:
             self._start(agent)
