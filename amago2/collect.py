@@ -169,7 +169,8 @@ class Collector:
             t0 = time.perf_counter()
             tokens = to_torch(self.tokens, self.device)
             reset = torch.as_tensor(self.new_trial, device=self.device)
-            actions, self.state = agent.act(tokens, self.state, reset=reset, sample=sample)
+            # The collector owns its state and only keeps the returned one, so it donates it.
+            actions, self.state = agent.act(tokens, self.state, reset=reset, sample=sample, donate_state=True)
             t1 = time.perf_counter()
             res = self.pool.step(self._explore(actions.cpu().numpy(), epsilon))
             t2 = time.perf_counter()

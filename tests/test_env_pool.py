@@ -353,7 +353,7 @@ def test_collector_acts_with_one_thread_beside_async_workers():
         def init_state(self, n, device=None):
             return None
 
-        def act(self, tokens, state, reset=None, sample=True):
+        def act(self, tokens, state, reset=None, sample=True, donate_state=False):
             self.threads.append(torch.get_num_threads())
             return torch.zeros(len(reset), dtype=torch.int64), state
 

@@ -337,11 +337,13 @@ class Agent(nn.Module):
         state: TrajState,
         reset: Optional[torch.Tensor] = None,
         sample: bool = True,
+        donate_state: bool = False,
     ) -> Tuple[torch.Tensor, TrajState]:
         """One rollout step for a batch of envs.
 
         tokens: the token keys of layout.py for the current step, each [B, ...] (no time axis).
         reset: bool [B], True where an env started a new trajectory (its memory is cleared).
+        donate_state: the caller will not use `state` again (see `TrajEncoder.step`).
         Returns actions (Discrete: int64 [B]; continuous: float [B, A] in [-1, 1]) and the new state.
         """
         tokens = self._tokens(tokens)
@@ -349,7 +351,7 @@ class Agent(nn.Module):
         x = self.tstep_encoder(**seq)[:, 0]  # [B, d_tstep]
         if reset is None:
             reset = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        y, state = self.traj_encoder.step(x, reset.to(x.device).bool(), state)
+        y, state = self.traj_encoder.step(x, reset.to(x.device).bool(), state, donate_state=donate_state)
         dist = self.policy(self.actor(y)[:, self.main_gamma_index])
         action = dist.sample() if sample else dist.mode()
         return action, state

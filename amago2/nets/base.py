@@ -10,7 +10,8 @@ vector per token, remembering what it has seen in a recurrent `state`:
 trial): nothing before t may influence outputs at or after t. A state is a
 dict of tensors whose first dimension is the batch, so states can be indexed,
 concatenated and moved between devices like any batch of data. Encoders never
-mutate a state they are given; they return a new one.
+mutate a state they are given; they return a new one (unless the caller of `step`
+donates the state, see `TrajEncoder.step`).
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class TrajEncoder(nn.Module, abc.ABC):
         """Training form: x [B, L, d_in], resets [B, L] bool -> y [B, L, d_model], state."""
 
     def step(
-        self, x_t: torch.Tensor, reset_t: torch.Tensor, state: TrajState
+        self, x_t: torch.Tensor, reset_t: torch.Tensor, state: TrajState, donate_state: bool = False
     ) -> Tuple[torch.Tensor, TrajState]:
-        """Rollout form: x_t [B, d_in], reset_t [B] bool -> y_t [B, d_model], state."""
+        """Rollout form: x_t [B, d_in], reset_t [B] bool -> y_t [B, d_model], state.
+
+        `donate_state=True` is the caller's promise never to use `state` again, so an encoder
+        may reuse its storage for the returned state (the Transformer writes the new token
+        into its KV cache in place instead of copying the cache). Outputs are the same.
+        """
         y, state = self(x_t.unsqueeze(1), reset_t.unsqueeze(1), state)
         return y.squeeze(1), state
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -30,10 +31,18 @@ class Rotary(nn.Module):
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x [B, H, L, Dh], pos [B, L] int -> rotated x."""
+    def angles(self, pos: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """pos [B, L] int -> (cos, sin) [B, 1, L, Dh/2], computed once and shared by every layer's q and k."""
         # float64 angles keep long episodes (pos in the 10^5 range) as accurate as short ones.
         angles = pos[:, None, :, None].to(torch.float64) * self.inv_freq.to(torch.float64)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, H, L, Dh] rotated by the angles of `angles`."""
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x [B, H, L, Dh], pos [B, L] int -> rotated x."""
+        return self.rotate(x, *self.angles(pos, x.dtype))

@@ -108,19 +108,39 @@ class TransformerTrajEncoder(TrajEncoder):
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
+        return self._forward(x, resets, state, donate_state=False)
+
+    def step(
+        self, x_t: torch.Tensor, reset_t: torch.Tensor, state: TrajState, donate_state: bool = False
+    ) -> Tuple[torch.Tensor, TrajState]:
+        y, state = self._forward(x_t.unsqueeze(1), reset_t.unsqueeze(1), state, donate_state)
+        return y.squeeze(1), state
+
+    def _forward(
+        self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState], donate_state: bool
+    ) -> Tuple[torch.Tensor, TrajState]:
         self._check_inputs(x, resets)
         B, L, _ = x.shape
         W = self.max_seq_len
         if state is None:
             state = self.init_state(B, x.device)
         cached = state["cache_t"].shape[1]  # the same for every row
+        # A rollout step with a full cache overwrites the oldest slot instead of concatenating:
+        # the cache then stops being in time order, which attention (masked by each slot's t) ignores.
+        ring = L == 1 and cached == W
+        if cached == W and not ring:  # only a full cache can have been rotated
+            state = _time_ordered(state, self.n_layers)
 
         t_q = state["t_next"][:, None] + torch.arange(L, device=x.device)  # [B, L]
         reset_t = torch.where(resets, t_q, torch.full_like(t_q, -1)).cummax(dim=1).values
         start_q = torch.where(reset_t >= 0, reset_t, state["start"][:, None])  # [B, L]
         pos = t_q - start_q
 
-        t_k = torch.cat([state["cache_t"], t_q], dim=1) if cached else t_q  # [B, K]
+        if ring:
+            slot = state["cache_t"].argmin(dim=1, keepdim=True)  # [B, 1]: the oldest token's slot
+            t_k = _write_slot(state["cache_t"], slot, t_q, 1, donate_state)  # [B, W]
+        else:
+            t_k = torch.cat([state["cache_t"], t_q], dim=1) if cached else t_q  # [B, K]
         tk, tq, sq = t_k[:, None, :], t_q[:, :, None], start_q[:, :, None]
         mask = ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
 
@@ -129,19 +149,43 @@ class TransformerTrajEncoder(TrajEncoder):
             h = h + sinusoidal_embedding(pos, self.d_model).to(h.dtype)
         elif self.pos_encoding == "learned":
             h = h + self.pos_table(pos.clamp(max=W - 1))
+        rotary = self.rotary.angles(pos, h.dtype) if self.rotary is not None else None
 
-        new_state = {"t_next": t_q[:, -1] + 1, "start": start_q[:, -1], "cache_t": t_k[:, -W:]}
+        new_state = {"t_next": t_q[:, -1] + 1, "start": start_q[:, -1], "cache_t": t_k if ring else t_k[:, -W:]}
         for i, block in enumerate(self.blocks):
             q, k, v = block.project_qkv(h)
-            if self.rotary is not None:
-                q, k = self.rotary(q, pos), self.rotary(k, pos)
-            if cached:
+            if rotary is not None:
+                q, k = self.rotary.rotate(q, *rotary), self.rotary.rotate(k, *rotary)
+            if ring:
+                index = slot[:, None, :, None].expand(B, self.n_heads, 1, self.head_dim)
+                k = _write_slot(state[f"k{i}"], index, k, 2, donate_state)
+                v = _write_slot(state[f"v{i}"], index, v, 2, donate_state)
+            elif cached:
                 k = torch.cat([state[f"k{i}"].to(k.dtype), k], dim=2)
                 v = torch.cat([state[f"v{i}"].to(v.dtype), v], dim=2)
             attn = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
             )
             h = block.finish(h, attn)
-            # The cache keeps the last W tokens, oldest first.
-            new_state[f"k{i}"], new_state[f"v{i}"] = k[:, :, -W:], v[:, :, -W:]
+            # The cache keeps the last W tokens.
+            new_state[f"k{i}"], new_state[f"v{i}"] = (k, v) if ring else (k[:, :, -W:], v[:, :, -W:])
         return self.norm_out(h), new_state
+
+
+def _write_slot(cache: torch.Tensor, index: torch.Tensor, new: torch.Tensor, dim: int, donate: bool) -> torch.Tensor:
+    """`cache` with `new` written at `index` along `dim`; in place only when the caller donated the state."""
+    out = cache if donate else cache.clone()
+    return out.scatter_(dim, index, new.to(out.dtype))
+
+
+def _time_ordered(state: TrajState, n_layers: int) -> TrajState:
+    """The cache sorted oldest first (ring-buffer steps leave it rotated)."""
+    order = state["cache_t"].argsort(dim=1)  # [B, K]
+    if bool((order == torch.arange(order.shape[1], device=order.device)).all()):
+        return state
+    out = dict(state, cache_t=state["cache_t"].gather(1, order))
+    for i in range(n_layers):
+        k = state[f"k{i}"]
+        index = order[:, None, :, None].expand(k.shape[0], k.shape[1], -1, k.shape[3])
+        out[f"k{i}"], out[f"v{i}"] = k.gather(2, index), state[f"v{i}"].gather(2, index)
+    return out
