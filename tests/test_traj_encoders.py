@@ -548,6 +548,29 @@ def test_step_and_forward_do_not_mutate_state(cfg):
             assert torch.equal(y_f2, y_f), f"{start}: forward from the same state gave different outputs"
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CFG_IDS)
+def test_donated_steps_match_pure_steps(cfg):
+    """`step(..., donate_state=True)` may reuse the state's storage (the Transformer's KV cache is
+    then written in place) but must compute exactly what the pure form computes, also once the
+    episode outgrows the cache and when a multi-token forward follows the steps."""
+    enc = build(cfg)
+    g = gen(750)
+    L, tail = 2 * cfg.max_seq_len + 5, 6
+    x, r = make_x(BATCH, L + tail, g), make_resets(BATCH, L + tail, g, p=0.03)
+    with torch.no_grad():
+        pure, donated = enc.init_state(BATCH), enc.init_state(BATCH)
+        for t in range(L):
+            y_p, pure = enc.step(x[:, t], r[:, t], pure)
+            y_d, donated = enc.step(x[:, t], r[:, t], donated, donate_state=True)
+            assert torch.equal(y_p, y_d), f"step {t}: donated step differs"
+        for k in pure:
+            assert torch.equal(pure[k], donated[k]), f"state[{k!r}] differs after donated steps"
+        # a chunk after the steps continues the sequence like one forward over all of it
+        y_tail, _ = enc(x[:, L:], r[:, L:], donated)
+        y_whole, _ = enc(x, r, None)
+        assert_rel(y_tail, y_whole[:, L:], "forward after donated steps vs whole sequence")
+
+
 # --------------------------------------------------------------------------- transformer window
 
 
@@ -574,3 +597,29 @@ def test_transformer_receptive_field_is_bounded_by_window(cfg):
         # the stepped (KV-cache) form agrees with the windowed training form on the long episode
         y_step, _ = run_steps(enc, x, r, enc.init_state(BATCH))
         assert_rel(y_step, y, "step vs parallel on one episode longer than max_seq_len")
+
+
+# --------------------------------------------------------------------------- mamba initialisation
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_mamba_step_size_and_decay_init_ranges(variant):
+    """dt_min / dt_max set the initial step sizes (softplus of the bias) and a_init_range
+    (Mamba-2) the initial decay rates -A, each within the given range."""
+    torch.manual_seed(0)
+    enc = build_traj_encoder("mamba", d_in=D_IN, d_model=32, n_layers=2, max_seq_len=16, variant=variant,
+                             dt_min=0.5, dt_max=1.0, a_init_range=(0.002, 0.032))  # fmt: skip
+    for mixer in enc.mixers:
+        bias = mixer.dt_proj.bias if variant == "mamba1" else mixer.dt_bias
+        dt = torch.nn.functional.softplus(bias)
+        assert dt.min() >= 0.5 - 1e-5 and dt.max() <= 1.0 + 1e-5
+        if variant == "mamba2":
+            a = mixer.A_log.exp()
+            assert a.min() >= 0.002 - 1e-7 and a.max() <= 0.032 + 1e-7
+
+
+@pytest.mark.parametrize("bad", [dict(dt_min=0.1, dt_max=0.01), dict(dt_min=0.0), dict(a_init_range=(0.0, 1.0)),
+                                 dict(a_init_range=(2.0, 1.0))])  # fmt: skip
+def test_mamba_rejects_bad_init_ranges(bad):
+    with pytest.raises(ValueError, match="dt_min|a_init_range"):
+        build_traj_encoder("mamba", d_in=D_IN, d_model=16, n_layers=1, max_seq_len=8, variant="mamba2", **bad)

@@ -72,7 +72,8 @@ def _inverse_softplus_dt(size: int, dt_min: float = 1e-3, dt_max: float = 1e-1) 
 
 
 class Mamba1Mixer(nn.Module):
-    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank: Optional[int]):
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank: Optional[int],
+                 dt_min: float = 1e-3, dt_max: float = 1e-1):
         super().__init__()
         d_inner = expand * d_model
         self.d_inner, self.d_state, self.d_conv = d_inner, d_state, d_conv
@@ -82,7 +83,7 @@ class Mamba1Mixer(nn.Module):
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d_inner)
         with torch.no_grad():
-            self.dt_proj.bias.copy_(_inverse_softplus_dt(d_inner))
+            self.dt_proj.bias.copy_(_inverse_softplus_dt(d_inner, dt_min, dt_max))
         # S4D-real initialisation: A_n = -(n + 1), shared by every channel.
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
@@ -105,7 +106,8 @@ class Mamba1Mixer(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
-    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, headdim: int, chunk_size: int):
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, headdim: int, chunk_size: int,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, a_init_range: Tuple[float, float] = (1.0, 16.0)):
         super().__init__()
         d_inner = expand * d_model
         if d_inner % headdim:
@@ -114,8 +116,8 @@ class Mamba2Mixer(nn.Module):
         self.n_heads, self.headdim, self.chunk_size = d_inner // headdim, headdim, chunk_size
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + self.n_heads, bias=False)
         self.conv = ResetCausalConv(d_inner + 2 * d_state, d_conv)
-        self.dt_bias = nn.Parameter(_inverse_softplus_dt(self.n_heads))
-        self.A_log = nn.Parameter(torch.log(torch.empty(self.n_heads).uniform_(1, 16)))
+        self.dt_bias = nn.Parameter(_inverse_softplus_dt(self.n_heads, dt_min, dt_max))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.n_heads).uniform_(*a_init_range)))
         self.D = nn.Parameter(torch.ones(self.n_heads))
         self.norm = nn.RMSNorm(d_inner, eps=1e-5)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
@@ -154,6 +156,14 @@ class MambaTrajEncoder(TrajEncoder):
         dt_rank: (mamba1) rank of the delta projection; default ceil(d_model / 16).
         headdim: (mamba2) channels per head.
         chunk_size: (mamba2) chunk length of the SSD core.
+        dt_min, dt_max: the initial step sizes delta are log-uniform in [dt_min, dt_max]. A
+            channel keeps exp(delta * A) of its state per token (A < 0) and writes a token
+            with weight delta, so small steps remember long but write weakly.
+        a_init_range: (mamba2) each head's -A starts uniform in this range. With the default
+            (1, 16) and delta <= 0.1 a head either forgets within tens of tokens or writes
+            with weight <= 0.01; a small range such as (0.002, 0.032) with delta near 1
+            starts every head like a retention head (decay 0.97-0.999, writes of weight 0.5-1),
+            which is what let Mamba-2 learn the 50-step T-maze recall (gin/tmaze.gin).
     """
 
     def __init__(
@@ -169,19 +179,26 @@ class MambaTrajEncoder(TrajEncoder):
         dt_rank: Optional[int] = None,
         headdim: int = 32,
         chunk_size: int = 64,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        a_init_range: Tuple[float, float] = (1.0, 16.0),
     ):
         super().__init__(d_in, d_model, n_layers, max_seq_len)
         if variant not in MAMBA_VARIANTS:
             raise ValueError(f"variant must be one of {MAMBA_VARIANTS}, got {variant!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if not 0 < a_init_range[0] <= a_init_range[1]:
+            raise ValueError(f"a_init_range must be (low, high) with 0 < low <= high, got {a_init_range}")
         if d_conv < 1:
             raise ValueError(f"d_conv must be >= 1, got {d_conv}")
         self.variant = variant
         self.inp = nn.Linear(d_in, d_model)
         self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layers))
         if variant == "mamba1":
-            mixers = (Mamba1Mixer(d_model, d_state, d_conv, expand, dt_rank) for _ in range(n_layers))
+            mixers = (Mamba1Mixer(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max) for _ in range(n_layers))
         else:
-            mixers = (Mamba2Mixer(d_model, d_state, d_conv, expand, headdim, chunk_size) for _ in range(n_layers))
+            mixers = (Mamba2Mixer(d_model, d_state, d_conv, expand, headdim, chunk_size, dt_min, dt_max, a_init_range) for _ in range(n_layers))
         self.mixers = nn.ModuleList(mixers)
         self.norm_out = nn.RMSNorm(d_model, eps=1e-5)
 
