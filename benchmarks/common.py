@@ -94,3 +94,27 @@ def sequence_model_pass(agent, batch, autocast=contextlib.nullcontext) -> None:
                 agent._encode(tokens, agent.target_tstep_encoder, agent.target_traj_encoder)
     h.float().sum().backward()
     agent.zero_grad(set_to_none=True)
+
+
+def update_matmul_flops(agent, batch, autocast=contextlib.nullcontext) -> float:
+    """Floating-point operations of one agent update's loss and backward, as counted by
+    torch.utils.flop_counter: matrix products, convolutions and attention only (elementwise
+    work such as softmaxes and Mamba's scan is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with autocast():
+            loss, _ = agent.loss(batch)
+        loss.backward()
+    agent.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_rate(device: str, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of one large square matrix product on `device`: what the machine's matmul
+    kernels reach at best, to read the benchmarks' FLOP counts against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, device, reps, budget_s=10.0)
+    return 2 * n**3 / seconds

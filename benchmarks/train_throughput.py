@@ -10,7 +10,10 @@ Reported per encoder:
   * updates/s while learning (sampling wait + update),
   * the time split between collection, waiting for data (the prefetcher) and learning,
   * the sequence model's share of an update (timestep + trajectory encoders, measured on
-    a batch from the same store).
+    a batch from the same store),
+  * the matrix-product work of one update (GFLOP, counted by torch.utils.flop_counter) and
+    the updates/s that work would allow if every FLOP ran at the rate of one large matmul
+    on this machine: an upper bound that no implementation of the same model can pass.
 
 Compared with AMAGO 3.3 (torch.compile off, vanilla attention) measured on this 2-core CPU
 machine kind at the same configuration (figures from the issue).
@@ -38,9 +41,11 @@ if str(REPO_ROOT) not in sys.path:
 from common import (  # noqa: E402
     machine_description,
     markdown_table,
+    matmul_rate,
     sequence_model_pass,
     timed,
     tune_glibc_malloc,
+    update_matmul_flops,
     write_docs_section,
 )
 
@@ -90,6 +95,7 @@ def measure(kind: str, epochs: int, extra: list[str], mixed_precision: str = "no
                     collect.append(dict(c, wall=t1 - t0))
                     train.append(dict(m, wall=t2 - t1))
             seq_share = sequence_model_share(exp)
+            flops = update_matmul_flops(exp.policy, next(exp._batches()))
         finally:
             exp.close()
     env_steps = sum(exp.env_steps_per_epoch * exp.n_envs for _ in collect)
@@ -101,7 +107,7 @@ def measure(kind: str, epochs: int, extra: list[str], mixed_precision: str = "no
         kind=kind, env_steps_per_s=env_steps / collect_s, updates_per_s=updates / (learn_s + wait_s),
         collect_frac=collect_s / total, wait_frac=wait_s / total, learn_frac=learn_s / total,
         agent_frac_of_collect=sum(c["collect_agent_s"] for c in collect) / collect_s,
-        seq_share=seq_share,
+        seq_share=seq_share, gflop=flops / 1e9,
     )  # fmt: skip
 
 
@@ -136,6 +142,11 @@ def main() -> None:
     tune_glibc_malloc()
     import amago2.envs  # noqa: F401  (registers amago2/TMaze-v0)
 
+    import torch
+
+    peak_dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
+    peak = matmul_rate("cpu", peak_dtype) / 1e9
+    print(f"one 2048x2048 {peak_dtype} matmul: {peak:.0f} GFLOP/s")
     rows = []
     for kind in args.kinds:
         r = measure(kind, args.epochs, args.bind, args.mixed_precision)
@@ -150,11 +161,11 @@ def main() -> None:
 
     table = markdown_table(
         ["encoder", "updates/s", "vs AMAGO", "env-steps/s collecting", "vs AMAGO", "time: collect / wait for data / learn",
-         "sequence model share of an update"],
+         "sequence model share of an update", "matmul GFLOP/update", "updates/s at matmul peak"],
         [[r["kind"], f"{r['updates_per_s']:.2f}", ratio(r["updates_per_s"], ref(r["kind"], 0)),
           f"{r['env_steps_per_s']:.0f}", ratio(r["env_steps_per_s"], ref(r["kind"], 1)),
           f"{100 * r['collect_frac']:.0f}% / {100 * r['wait_frac']:.0f}% / {100 * r['learn_frac']:.0f}%",
-          f"{100 * r['seq_share']:.0f}%"] for r in rows],
+          f"{100 * r['seq_share']:.0f}%", f"{r['gflop']:.1f}", f"{peak / r['gflop']:.1f}"] for r in rows],
     )  # fmt: skip
     print("\n" + table)
     if args.write_docs:
@@ -166,7 +177,9 @@ def main() -> None:
             "(max_seq_len 128), 8 in-process actors, batch 24, d_model 128, 2 layers, 4 critics, the Agent's "
             f"defaults otherwise; {args.epochs} measured epochs of 128 steps per actor and 32 updates. "
             f"Target: at least {TARGET_RATIO}x the updates/s and env-steps/s of AMAGO 3.3 on the same machine kind "
-            "(transformer 4.1 / 2,460, GRU 4.4 / 4,900, ff 5.6 / 5,400).\n\n"
+            "(transformer 4.1 / 2,460, GRU 4.4 / 4,900, ff 5.6 / 5,400). "
+            f"Matmul peak: one 2048x2048 {str(peak_dtype).replace('torch.', '')} matmul reaches {peak:.0f} GFLOP/s on this machine; the last column "
+            "divides it by the update's matmul work (an upper bound on updates/s for this model).\n\n"
             f"**Machine:** {machine_description('cpu')}\n\n{table}\n"
         )
         print(f"updated {write_docs_section('train:cpu:bf16' if bf16 else 'train:cpu', body)}")
