@@ -257,6 +257,36 @@ def test_normalizer_is_checkpointed_and_stays_float64():
     assert build("mlp", VECTOR, {}, normalize=False).normalizer is None
 
 
+def test_normalizer_cache_follows_every_change_of_the_statistics():
+    """The normaliser caches its mean and std between calls; every way the statistics change
+    (update, load_state_dict, an in-place Polyak copy) must show in its output at once."""
+    from amago2.nets.tstep import RunningMeanStd
+
+    def expected(norm, x):
+        var = norm.m2 / norm.count if norm.count > 0 else torch.ones_like(norm.m2)
+        return ((x - norm.mean.to(x.dtype)) / torch.sqrt(var + norm.eps).to(x.dtype)).clamp(-norm.clip, norm.clip)
+
+    g = torch.Generator().manual_seed(8)
+    x = 3 + 2 * torch.randn(6, 4, generator=g)
+    norm, other = RunningMeanStd(4), RunningMeanStd(4)
+    assert torch.equal(norm(x), expected(norm, x))  # identity before data
+    norm.update(x)
+    assert torch.equal(norm(x), expected(norm, x))
+    other.update(x * 5 - 1)
+    norm.load_state_dict(other.state_dict())
+    assert torch.equal(norm(x), expected(other, x))
+    for mine, theirs in zip(norm.buffers(), RunningMeanStd(4).buffers()):
+        mine.copy_(theirs)  # what a target network's Polyak update does with buffers
+    assert torch.equal(norm(x), x.clamp(-norm.clip, norm.clip))
+    # a cache filled under inference_mode is not reused where autograd needs it
+    norm.update(x)
+    with torch.inference_mode():
+        norm(x)
+    xg = x.clone().requires_grad_()
+    norm(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
 # --------------------------------------------------------------------------- images
 
 

@@ -19,7 +19,7 @@ encoder (`amago2/nets/base.py`) as its `x`.
 from __future__ import annotations
 
 import inspect
-from typing import Dict, List, Optional, Type, Union
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 import gin
 import gymnasium as gym
@@ -88,9 +88,25 @@ class RunningMeanStd(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., dim] -> (x - mean) / std, clipped to [-clip, clip]; same dtype as x."""
-        mean = self.mean.to(x.dtype)
-        std = torch.sqrt(self.var + self.eps).to(x.dtype)
+        mean, std = self._mean_std(x.dtype)
         return ((x - mean) / std).clamp(-self.clip, self.clip)
+
+    def _mean_std(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """mean and std in `dtype`, recomputed only when the statistics changed.
+
+        Rollouts normalise a few observations per step, where converting the float64
+        statistics every call costs more than the normalisation. The key holds the buffers'
+        identities and in-place version counters, so `update`, `load_state_dict`, a Polyak
+        copy or a device move all invalidate it.
+        """
+        buffers = (self.count, self.mean, self.m2)
+        key = (dtype, torch.is_inference_mode_enabled(), tuple(b._version for b in buffers))
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] != key or any(old is not b for old, b in zip(cached[1], buffers)):
+            mean = self.mean.to(dtype)
+            std = torch.sqrt(self.var + self.eps).to(dtype)
+            cached = self._cached = (key, buffers, mean, std)
+        return cached[2], cached[3]
 
     def _apply(self, fn, recurse=True):
         # Learn the target device from a probe and move the buffers there without their dtype changing.
