@@ -257,10 +257,9 @@ def test_pool_of_the_multitask_env_steps():
 # ------------------------------------------------------------------ training and configs
 
 
-def test_a_tiny_agent_trains_on_the_multitask_env(tmp_path):
+def test_a_tiny_agent_trains_on_the_multitask_env(tmp_path, clean_gin):
     from amago2.experiment import Experiment
 
-    gin.clear_config()
     gin.parse_config([
         *TINY_AGENT, "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9", "ValueBins.n_bins = 16",
         "BabyAITstepEncoder.d_embed = 8", "BabyAITstepEncoder.d_image = 16", "BabyAITstepEncoder.d_word = 8",
@@ -268,17 +267,14 @@ def test_a_tiny_agent_trains_on_the_multitask_env(tmp_path):
         # Mean-pooled words: a GRU's many tiny ops dominate the test's time on a busy CPU.
         'BabyAITstepEncoder.mission_pool = "mean"',
     ])  # fmt: skip
-    try:
-        exp = Experiment(
-            run_dir=tmp_path / "run", train_env="amago2/BabyAI-MultiTask-v0", env_kwargs={"levels": SHORT_LEVELS},
-            trial_episodes=2, n_envs=2, max_seq_len=16, batch_size=4, epochs=1, env_steps_per_epoch=60,
-            updates_per_epoch=3, eval_every_epochs=0, eval_trials=2, checkpoint_every_epochs=0, progress=False,
-            use_wandb=False, seed=0,
-        )  # fmt: skip
-        assert type(exp.policy.tstep_encoder).__name__ == "BabyAITstepEncoder"
-        exp.run()
-    finally:
-        gin.clear_config()
+    exp = Experiment(
+        run_dir=tmp_path / "run", train_env="amago2/BabyAI-MultiTask-v0", env_kwargs={"levels": SHORT_LEVELS},
+        trial_episodes=2, n_envs=2, max_seq_len=16, batch_size=4, epochs=1, env_steps_per_epoch=60,
+        updates_per_epoch=3, eval_every_epochs=0, eval_trials=2, checkpoint_every_epochs=0, progress=False,
+        use_wandb=False, seed=0,
+    )  # fmt: skip
+    assert type(exp.policy.tstep_encoder).__name__ == "BabyAITstepEncoder"
+    exp.run()
     rows, _ = read_trained_run(tmp_path / "run")
     logged = {k for r in rows if r["kind"] in ("collect", "eval") for k in r}
     assert any(f"return/{level}" in logged for level in SHORT_LEVELS)
@@ -286,17 +282,13 @@ def test_a_tiny_agent_trains_on_the_multitask_env(tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "gin/suites/babyai").glob("*.gin")), ids=lambda p: p.name)
-def test_gin_configs_parse(config):
+def test_gin_configs_parse(config, clean_gin):
     import amago2.experiment  # noqa: F401  (registers Experiment and the agent's configurables)
 
-    gin.clear_config()
-    try:
-        gin.parse_config(expand_includes(config))
-        assert gin.query_parameter("Experiment.train_env").startswith("amago2/BabyAI-")
-        if config.name != "base.gin":
-            assert gin.query_parameter("Agent.traj_encoder") in ("transformer", "mamba", "retention", "gru")
-    finally:
-        gin.clear_config()
+    gin.parse_config(expand_includes(config))
+    assert gin.query_parameter("Experiment.train_env").startswith("amago2/BabyAI-")
+    if config.name != "base.gin":
+        assert gin.query_parameter("Agent.traj_encoder") in ("transformer", "mamba", "retention", "gru")
 
 
 @pytest.mark.slow

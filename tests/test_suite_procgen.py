@@ -255,13 +255,12 @@ def test_missing_procgen_raises_the_install_hint():
 # ------------------------------------------------------------------ training and configs
 
 
-def test_a_tiny_agent_trains_from_base_gin_on_fake_procgen(tmp_path):
+def test_a_tiny_agent_trains_from_base_gin_on_fake_procgen(tmp_path, clean_gin):
     """base.gin as written (train/test scopes, IMPALA CNN), shrunk, on a fake procgen."""
     from amago2.experiment import Experiment
 
     games = ["coinrun", "maze"]
     fake = functools.partial(FakeProcgen, script=[(6, "complete"), (4, "die")])
-    gin.clear_config()
     gin.parse_config(expand_includes(ROOT / "gin/suites/procgen/gru.gin"))
     gin.parse_config([
         *TINY_AGENT,
@@ -269,16 +268,13 @@ def test_a_tiny_agent_trains_from_base_gin_on_fake_procgen(tmp_path):
         'Agent.tstep_options = {"channels": (4, 4, 4), "d_features": 16}', f"make_procgen_multigame.games = {games}",
     ])  # fmt: skip
     gin.bind_parameter("make_procgen_multigame.make_old_env", fake)
-    try:
-        exp = Experiment(
-            run_dir=tmp_path / "run", n_envs=2, max_seq_len=8, batch_size=4, epochs=1, env_steps_per_epoch=24,
-            updates_per_epoch=3, learning_starts=0, eval_every_epochs=0, eval_trials=2, checkpoint_every_epochs=0,
-            progress=False, use_wandb=False, seed=0,
-        )  # fmt: skip
-        assert type(exp.policy.tstep_encoder).__name__ == "ImpalaCNNTstepEncoder"
-        exp.run()
-    finally:
-        gin.clear_config()
+    exp = Experiment(
+        run_dir=tmp_path / "run", n_envs=2, max_seq_len=8, batch_size=4, epochs=1, env_steps_per_epoch=24,
+        updates_per_epoch=3, learning_starts=0, eval_every_epochs=0, eval_trials=2, checkpoint_every_epochs=0,
+        progress=False, use_wandb=False, seed=0,
+    )  # fmt: skip
+    assert type(exp.policy.tstep_encoder).__name__ == "ImpalaCNNTstepEncoder"
+    exp.run()
     rows, _ = read_trained_run(tmp_path / "run")
     for kind in ("collect", "eval"):
         logged = {k for r in rows if r["kind"] == kind for k in r}
@@ -289,39 +285,31 @@ def test_a_tiny_agent_trains_from_base_gin_on_fake_procgen(tmp_path):
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "gin/suites/procgen").glob("*.gin")), ids=lambda p: p.name)
-def test_gin_configs_parse(config):
+def test_gin_configs_parse(config, clean_gin):
     import amago2.experiment  # noqa: F401  (registers Experiment and the agent's configurables)
 
-    gin.clear_config()
-    try:
-        gin.parse_config(expand_includes(config))
-        assert gin.query_parameter("Agent.tstep_encoder") == "impala_cnn"
-        assert gin.query_parameter("train/make_procgen_multigame.split") == "train"
-        assert gin.query_parameter("test/make_procgen_multigame.split") == "test"
-        if config.name != "base.gin":
-            assert gin.query_parameter("Agent.traj_encoder") in ("transformer", "mamba", "retention", "gru")
-    finally:
-        gin.clear_config()
+    gin.parse_config(expand_includes(config))
+    assert gin.query_parameter("Agent.tstep_encoder") == "impala_cnn"
+    assert gin.query_parameter("train/make_procgen_multigame.split") == "train"
+    assert gin.query_parameter("test/make_procgen_multigame.split") == "test"
+    if config.name != "base.gin":
+        assert gin.query_parameter("Agent.traj_encoder") in ("transformer", "mamba", "retention", "gru")
 
 
-def test_config_scopes_give_train_and_test_levels():
+def test_config_scopes_give_train_and_test_levels(clean_gin):
     """The two gin scopes of base.gin build train- and test-level envs of the same games."""
     import amago2.experiment  # noqa: F401
 
-    gin.clear_config()
-    try:
-        gin.parse_config(expand_includes(ROOT / "gin/suites/procgen/base.gin"))
-        gin.bind_parameter("make_procgen_multigame.make_old_env", FakeProcgen)
-        FakeProcgen.instances.clear()
-        with gin.config_scope("train"):
-            train = make_procgen_multigame()
-        train_levels = {(f.start_level, f.num_levels) for f in FakeProcgen.instances}
-        FakeProcgen.instances.clear()
-        with gin.config_scope("test"):
-            test = make_procgen_multigame()
-        test_levels = {(f.start_level, f.num_levels) for f in FakeProcgen.instances}
-    finally:
-        gin.clear_config()
+    gin.parse_config(expand_includes(ROOT / "gin/suites/procgen/base.gin"))
+    gin.bind_parameter("make_procgen_multigame.make_old_env", FakeProcgen)
+    FakeProcgen.instances.clear()
+    with gin.config_scope("train"):
+        train = make_procgen_multigame()
+    train_levels = {(f.start_level, f.num_levels) for f in FakeProcgen.instances}
+    FakeProcgen.instances.clear()
+    with gin.config_scope("test"):
+        test = make_procgen_multigame()
+    test_levels = {(f.start_level, f.num_levels) for f in FakeProcgen.instances}
     assert train.names == test.names == ["coinrun", "starpilot", "maze", "bigfish"]
     assert train_levels == {(0, 200)} and test_levels == {(200, MAX_LEVEL_SEED - 200)}
 
