@@ -34,6 +34,21 @@ def python_output(code: str, timeout: float = 120) -> str:
     return out.stdout
 
 
+def run_example(script: str, run_dir, timeout: float):
+    """Run `examples/<script> --quick --run-dir run_dir` with wandb disabled; fails the test with
+    its stderr if it fails, else returns the finished process (stdout as text)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / script
+    out = subprocess.run([sys.executable, str(example), "--quick", "--run-dir", str(run_dir)], capture_output=True,
+                         text=True, timeout=timeout, cwd=Path(run_dir).parent, env=dict(os.environ, WANDB_MODE="disabled"))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
 def read_trained_run(run_dir):
     """A finished run's metric records and its "train" records, after checking that it trained
     and every logged loss is finite."""

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_example
 
 
 def test_custom_env_example_trains_and_plots(tmp_path):
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "custom_env.py"), "--quick", "--run-dir", str(run_dir)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, WANDB_MODE="disabled"),
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = run_example("custom_env.py", run_dir, timeout=300)
     png = re.search(r"learning curves: (\S+)", out.stdout)
     assert png, out.stdout
     assert Path(png.group(1)).resolve() == (run_dir / "curves.png").resolve()

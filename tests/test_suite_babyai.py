@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import gin
@@ -30,7 +27,7 @@ from amago2.envs.suites.babyai import (  # noqa: E402
     make_babyai_multitask,
     resolve_level,
 )
-from conftest import TINY_AGENT, python_output, read_trained_run  # noqa: E402
+from conftest import TINY_AGENT, python_output, read_trained_run, run_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short levels keep the tests fast: step limits 16 (GoToObjS4) and 25 (GoToLocalS5N2).
@@ -293,11 +290,7 @@ def test_gin_configs_parse(config, clean_gin):
 
 @pytest.mark.slow
 def test_example_runs_quick(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train_babyai.py"), "--quick", "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, WANDB_MODE="disabled"),
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = run_example("train_babyai.py", tmp_path / "run", timeout=300)
     assert "Sampling rejected" not in out.stdout
     png = re.search(r"learning curves: (\S+)", out.stdout)
     assert png and Path(png.group(1)).stat().st_size > 0

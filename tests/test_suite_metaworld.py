@@ -6,9 +6,7 @@ registration, argument checks, missing-library error and gin configs are tested 
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 import amago2.envs  # noqa: F401  (registers the ids)
 from amago2.envs import AgentEnv, make_pool
 from amago2.envs.suites import metaworld as mws
-from conftest import TINY_AGENT, python_output, read_trained_run
+from conftest import TINY_AGENT, python_output, read_trained_run, run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / "gin" / "suites" / "metaworld"
@@ -283,11 +281,7 @@ def test_ml45_splits(needs_metaworld):
 @pytest.mark.slow
 def test_example_quick_run(needs_metaworld, tmp_path):
     run_dir = tmp_path / "run"
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train_metaworld.py"), "--quick", "--run-dir", str(run_dir)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=dict(os.environ, WANDB_MODE="disabled"),
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = run_example("train_metaworld.py", run_dir, timeout=600)
     assert f"learning curves: {run_dir / 'curves.png'}" in out.stdout or (run_dir / "curves.png").is_file()
     assert (run_dir / "curves.png").stat().st_size > 0
     assert "success on held-out" in out.stdout

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +30,7 @@ from amago2.envs.suites.procgen import (
     resolve_game,
     step_limit,
 )
-from conftest import TINY_AGENT, python_output, read_trained_run
+from conftest import TINY_AGENT, python_output, read_trained_run, run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_PROCGEN = importlib.util.find_spec("procgen") is not None
@@ -367,10 +364,6 @@ def test_real_procgen_multigame_in_memory_mode():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_PROCGEN, reason=PROCGEN_HINT)
 def test_example_runs_quick(tmp_path):
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train_procgen.py"), "--quick", "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=dict(os.environ, WANDB_MODE="disabled"),
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = run_example("train_procgen.py", tmp_path / "run", timeout=600)
     png = re.search(r"learning curves: (\S+)", out.stdout)
     assert png and Path(png.group(1)).stat().st_size > 0
