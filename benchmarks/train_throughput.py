@@ -94,8 +94,9 @@ def measure(kind: str, epochs: int, extra: list[str], mixed_precision: str = "no
                 if epoch > 0:  # the first epoch warms up allocators, caches and the prefetcher
                     collect.append(dict(c, wall=t1 - t0))
                     train.append(dict(m, wall=t2 - t1))
-            seq_share = sequence_model_share(exp)
-            flops = update_matmul_flops(exp.policy, next(exp._batches()))
+            batch = next(exp._batches())
+            seq_share = sequence_model_share(exp.policy, batch)
+            flops = update_matmul_flops(exp.policy, batch)
         finally:
             exp.close()
     env_steps = sum(exp.env_steps_per_epoch * exp.n_envs for _ in collect)
@@ -111,10 +112,8 @@ def measure(kind: str, epochs: int, extra: list[str], mixed_precision: str = "no
     )  # fmt: skip
 
 
-def sequence_model_share(exp, reps: int = 5) -> float:
+def sequence_model_share(agent, batch, reps: int = 5) -> float:
     """Share of one update spent in the timestep + trajectory encoders (online fwd+bwd, target fwd)."""
-    agent = exp.policy
-    batch = next(exp._batches())
 
     def full():
         loss, _ = agent.loss(batch)
