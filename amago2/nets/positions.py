@@ -42,7 +42,3 @@ class Rotary(nn.Module):
         """x [B, H, L, Dh] rotated by the angles of `angles`."""
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x [B, H, L, Dh], pos [B, L] int -> rotated x."""
-        return self.rotate(x, *self.angles(pos, x.dtype))
