@@ -53,8 +53,8 @@ class _MultiScaleRetention(nn.Module):
         heads = lambda t: t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)  # noqa: E731
         q, k, v = heads(self.q(x)), heads(self.k(x)) * self.dk**-0.5, heads(self.v(x))
         if self.rotary is not None:
-            cos, sin = self.rotary.angles(pos, q.dtype)
-            q, k = self.rotary.rotate(q, cos, sin), self.rotary.rotate(k, cos, sin)
+            rotation = self.rotary.angles(pos, q.dtype)
+            q, k = self.rotary.rotate(q, rotation), self.rotary.rotate(k, rotation)
         log_decay = self.log_decay.to(x.dtype)[None, :, None].expand(B, -1, L)
         log_decay = log_decay.masked_fill(resets[:, None, :], float("-inf"))
         y, S = chunked_linear_recurrence(q, k, v, log_decay, S, chunk_size)  # y [B, H, L, dv]

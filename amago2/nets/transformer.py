@@ -155,7 +155,7 @@ class TransformerTrajEncoder(TrajEncoder):
         for i, block in enumerate(self.blocks):
             q, k, v = block.project_qkv(h)
             if rotary is not None:
-                q, k = self.rotary.rotate(q, *rotary), self.rotary.rotate(k, *rotary)
+                q, k = self.rotary.rotate(q, rotary), self.rotary.rotate(k, rotary)
             if ring:
                 index = slot[:, None, :, None].expand(B, self.n_heads, 1, self.head_dim)
                 k = _write_slot(state[f"k{i}"], index, k, 2, donate_state)
