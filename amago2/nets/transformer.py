@@ -131,9 +131,13 @@ class TransformerTrajEncoder(TrajEncoder):
         if cached == W and not ring:  # only a full cache can have been rotated
             state = _time_ordered(state, self.n_layers)
 
-        t_q = state["t_next"][:, None] + torch.arange(L, device=x.device)  # [B, L]
-        reset_t = torch.where(resets, t_q, torch.full_like(t_q, -1)).cummax(dim=1).values
-        start_q = torch.where(reset_t >= 0, reset_t, state["start"][:, None])  # [B, L]
+        if L == 1:  # a rollout step: the same positions with a third of the small ops
+            t_q = state["t_next"][:, None]  # [B, 1]
+            start_q = torch.where(resets, t_q, state["start"][:, None])
+        else:
+            t_q = state["t_next"][:, None] + torch.arange(L, device=x.device)  # [B, L]
+            reset_t = torch.where(resets, t_q, torch.full_like(t_q, -1)).cummax(dim=1).values
+            start_q = torch.where(reset_t >= 0, reset_t, state["start"][:, None])  # [B, L]
         pos = t_q - start_q
 
         if ring:
@@ -142,7 +146,12 @@ class TransformerTrajEncoder(TrajEncoder):
         else:
             t_k = torch.cat([state["cache_t"], t_q], dim=1) if cached else t_q  # [B, K]
         tk, tq, sq = t_k[:, None, :], t_q[:, :, None], start_q[:, :, None]
-        mask = ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
+        if L == 1:
+            # The cache holds exactly the last <= W tokens up to this one, so only the
+            # episode boundary can mask a key.
+            mask = (tk >= sq).unsqueeze(1)  # [B, 1, 1, K]
+        else:
+            mask = ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
 
         h = self.inp(x)
         if self.pos_encoding == "sinusoidal":
