@@ -19,10 +19,20 @@ from amago2.data.replay import ReplayStore, to_torch
 from amago2.data.trajectory_file import SegmentWriter
 
 
-def _row(batch: Any, i: int) -> Any:
-    if isinstance(batch, dict):
-        return {k: _row(v, i) for k, v in batch.items()}
-    return batch[i]
+def _row(batch: Dict[str, Any], i: int) -> Dict[str, Any]:
+    """Env i's token out of a batched one (numpy views, no copies); nested dicts per key.
+
+    On the rollout's hot path (once per env per step), hence one comprehension that only
+    recurses into dict observations.
+    """
+    return {k: _row(v, i) if isinstance(v, dict) else v[i] for k, v in batch.items()}
+
+
+def _step_row(batch: Dict[str, Any], i: int) -> Dict[str, Any]:
+    """Env i's token as a non-terminal trajectory row."""
+    row = _row(batch, i)
+    row["terminal"] = False
+    return row
 
 
 class TrialStats:
@@ -119,7 +129,7 @@ class Collector:
         for i in range(self.pool.n_envs):
             self.writers[i] = self._writer(i)
             if self.writers[i] is not None:
-                self.writers[i].append(dict(_row(self.tokens, i), terminal=False))
+                self.writers[i].append(_step_row(self.tokens, i))
 
     def _explore(self, actions: np.ndarray, epsilon: float) -> np.ndarray:
         """With probability epsilon per env, replace the agent's action by a uniformly random one."""
@@ -190,7 +200,7 @@ class Collector:
                             stats.add(self.pool.env_names[i], trial)
                     writer = self.writers[i] = self._writer(i)
                 if writer is not None:
-                    writer.append(dict(_row(res.tokens, i), terminal=False))
+                    writer.append(_step_row(res.tokens, i))
             self.new_trial = np.asarray(res.new_trial, dtype=bool)
             self.tokens = res.tokens
             self.env_steps += self.pool.n_envs

@@ -730,7 +730,8 @@ class SegmentWriter:
         if self._closed:
             raise RuntimeError("SegmentWriter is closed (the rollout ended); start a new writer for a new rollout")
         self._tokens.append(token)
-        if bool(np.asarray(token["terminal"])):
+        terminal = token["terminal"]
+        if terminal is not False and bool(np.asarray(terminal)):  # `is False`: the rollout's cheap common case
             self.close()
         elif len(self._tokens) == self.max_segment_len + 1:
             self._flush(cut=True)

@@ -248,7 +248,9 @@ class TstepEncoder(nn.Module):
         return self.head(torch.cat([h, extras], dim=-1))
 
     def _param_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        # The head's first Linear, not next(self.parameters()): this runs at every rollout step,
+        # and walking the module tree costs more than the normalisation it serves.
+        return self.head[0].weight.dtype
 
 
 # --------------------------------------------------------------------------- MLP encoder
