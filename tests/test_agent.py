@@ -332,6 +332,29 @@ def test_loss_and_act_run_for_every_space_and_encoder(kind, spaces):
             assert action.shape == (2, 3) and (action.abs() <= 1).all()
 
 
+def test_acting_between_updates_leaves_training_unchanged():
+    """act runs in inference mode; training after it (normaliser cache included) is untouched."""
+    obs_space, act_space = SPACES["discrete"]
+    batch = random_batch(obs_space, act_space, seed=5)
+    tokens = {k: batch[k][:2, 0] for k in ("obs", "prev_action", "prev_reward", "time", "episode_start")}
+    losses = []
+    for interleave_act in (False, True):
+        agent = small_agent(obs_space, act_space, traj_encoder="transformer", seed=1)
+        opt = torch.optim.SGD(agent.parameters(), lr=0.1)
+        state = agent.init_state(2)
+        for _ in range(3):
+            if interleave_act:  # greedy: no random draws that would shift the loss's REDQ subsets
+                action, state = agent.act(tokens, state, reset=torch.tensor([True, False]), sample=False, donate_state=True)
+                assert action.is_inference()
+            agent.update_normalizer(batch)
+            loss, _ = agent.loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    assert losses[:3] == losses[3:]
+
+
 def test_polyak_update():
     agent = small_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
     before = copy.deepcopy(agent.target_critic.state_dict())
