@@ -355,6 +355,28 @@ def test_acting_between_updates_leaves_training_unchanged():
     assert losses[:3] == losses[3:]
 
 
+def test_head_for_actions_matches_the_full_head_in_values_and_gradients():
+    from amago2.agent.heads import Critic
+
+    torch.manual_seed(6)
+    critic = Critic(d_state=8, action_dim=3, discrete=True, n_gammas=2, n_out=5, n_critics=2, d_hidden=16)
+    state = torch.randn(11, 8)
+    actions = torch.tensor([2, 0, 0, 1, 2, 2, 0, 1, 1, 0, 2])
+
+    def grads_of(fn):
+        critic.zero_grad()
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in critic.parameters()]
+
+    index = actions.view(1, 11, 1, 1, 1).expand(2, 11, 2, 1, 5)
+    full, g_full = grads_of(lambda: critic(state).gather(3, index).squeeze(3))  # [C, N, G, n_out]
+    mixed, g_mixed = grads_of(lambda: critic.head_for_actions(critic.hidden(state), actions))
+    torch.testing.assert_close(mixed, full)
+    for a, b in zip(g_mixed, g_full):
+        torch.testing.assert_close(a, b)
+
+
 def test_polyak_update():
     agent = small_agent(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
     before = copy.deepcopy(agent.target_critic.state_dict())
