@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amago2.agent import Agent, ValueBins, symexp, symlog
+from amago2.agent import Agent, Critic, ValueBins, symexp, symlog
 from numerics import assert_rel
 
 # ----------------------------------------------------------------------------- helpers
@@ -356,8 +356,6 @@ def test_acting_between_updates_leaves_training_unchanged():
 
 
 def test_head_for_actions_matches_the_full_head_in_values_and_gradients():
-    from amago2.agent.heads import Critic
-
     torch.manual_seed(6)
     critic = Critic(d_state=8, action_dim=3, discrete=True, n_gammas=2, n_out=5, n_critics=2, d_hidden=16)
     state = torch.randn(11, 8)
