@@ -8,8 +8,9 @@ Every `RunLogger.log` call appends one JSON object to `run_dir/metrics.jsonl`:
 `env_steps` are the run's counters at that moment, `wall_time` counts seconds since the run
 began (it carries on from the last record when a run is resumed) and the remaining keys are
 the metrics, as floats; NaN and infinities are written as `null` so that the file stays
-strict JSON. The same records also go to `run_dir/metrics_<kind>.csv`, one file per kind,
-for spreadsheets and pandas. docs/runs.md lists the metric names the training loop uses.
+strict JSON. That file is the one record of the run: `run_dir/metrics_<kind>.csv`, one file
+per kind for spreadsheets and pandas, are derived from it (`write_csv_files`) when the logger
+closes and at every checkpoint. docs/runs.md lists the metric names the training loop uses.
 
 wandb is used only when asked for (`use_wandb=True`) or when the environment says so
 (`WANDB_API_KEY` set, or `WANDB_MODE` set to something other than "disabled"); otherwise it
@@ -175,67 +176,43 @@ def _repair_tail(path: Path) -> None:
         f.truncate(keep)
 
 
-class _CsvWriter:
-    """metrics_<kind>.csv whose header grows when a record brings new keys.
+def write_csv_files(run_dir: PathLike) -> List[Path]:
+    """Write `run_dir/metrics_<kind>.csv`, one file per kind, from `metrics.jsonl`.
 
-    Appending works while the header is unchanged; a new key rewrites the whole file with the
-    wider header (atomically, through a temporary file), old rows getting empty cells.
+    The CSV files are derived data for spreadsheets and pandas: the JSONL file is the one
+    record of the run, so they are rebuilt whole from it (atomically, through a temporary
+    file) rather than kept in step line by line. Columns: `updates, env_steps, wall_time`,
+    then the metrics in the order they first appear; missing and non-finite values are empty
+    cells. Returns the paths written. `RunLogger` calls this when it closes and at every
+    checkpoint; call it yourself to refresh the files of a run that was killed.
     """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fields: List[str] = []
-        self.file: Optional[IO[str]] = None
-        if path.is_file():
-            self.fields, rows, torn = self._load()
-            if torn:
-                warnings.warn(f"{path}: dropping a truncated last row before appending")
-                self._rewrite(rows)
-
-    def _load(self):
-        text = self.path.read_text(encoding="utf-8")
-        torn = bool(text) and not text.endswith("\n")
-        if torn:
-            text = text[: text.rfind("\n") + 1]
-        reader = csv.DictReader(text.splitlines())
-        fields = list(reader.fieldnames or [])
-        return fields, list(reader), torn
-
-    def _rewrite(self, rows: List[Dict[str, Any]]) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+    by_kind: Dict[str, List[Dict[str, Any]]] = {}
+    for rec in read_metrics(run_dir):
+        by_kind.setdefault(str(rec.get("kind")), []).append(rec)
+    written = []
+    for kind, records in by_kind.items():
+        if not _KIND.match(kind):
+            continue  # a hand-edited record: its kind cannot name a file
+        fields = list(dict.fromkeys(k for rec in records for k in rec if k != "kind"))
+        fields = [k for k in RESERVED_KEYS[1:] if k in fields] + [k for k in fields if k not in RESERVED_KEYS]
+        path = csv_path(run_dir, kind)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=self.fields, restval="")
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, self.path)
+                writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows({k: ("" if v is None else v) for k, v in rec.items()} for rec in records)
+            os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-
-    def write(self, row: Dict[str, Any]) -> None:
-        new = [k for k in row if k not in self.fields]
-        if new or not self.path.is_file():
-            old_rows = self._load()[1] if self.path.is_file() and self.fields else []
-            self.fields = self.fields + new
-            self._rewrite(old_rows)
-        if self.file is None:
-            self.file = open(self.path, "a", newline="", encoding="utf-8")
-        csv.DictWriter(self.file, fieldnames=self.fields, restval="").writerow(row)
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        written.append(path)
+    return written
 
 
 @gin.configurable
 class RunLogger:
-    """Writes a run's metrics to `run_dir` (JSONL + CSV) and, when enabled, to wandb.
+    """Writes a run's metrics to `run_dir` (JSONL, and CSV derived from it) and, when enabled, to wandb.
 
     Only rank 0 writes anything; on other ranks every method is a no-op, so the training
     loop can call it unconditionally. Use as a context manager or call `close()`.
@@ -267,7 +244,6 @@ class RunLogger:
         self.closed = False
         self.path = self.run_dir / METRICS_FILE
         self._file: Optional[IO[str]] = None
-        self._csv: Dict[str, _CsvWriter] = {}
         self._wandb_run = None
         self._wandb_kinds: set = set()
         self._start = time.monotonic()
@@ -363,23 +339,23 @@ class RunLogger:
         # One write call per record so a reader sees whole lines except, at worst, the last one.
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
-        if kind not in self._csv:
-            self._csv[kind] = _CsvWriter(csv_path(self.run_dir, kind))
-        self._csv[kind].write({**counters, **{k: ("" if v is None else repr(v)) for k, v in values.items()}})
         if self._wandb_run is not None:
             self._wandb_log(kind, values, counters)
 
+    def write_csv(self) -> None:
+        """Bring the `metrics_<kind>.csv` files up to date with the records so far."""
+        if self.active and self.path.is_file():
+            write_csv_files(self.run_dir)
+
     def close(self, exit_code: Optional[int] = None) -> None:
-        """Flush and close the files and finish the wandb run. Safe to call twice."""
+        """Close the JSONL file, write the CSV files and finish the wandb run. Safe to call twice."""
         if self.closed:
             return
         self.closed = True
         if self._file is not None:
             self._file.close()
             self._file = None
-        for w in self._csv.values():
-            w.close()
-        self._csv.clear()
+        self.write_csv()
         if self._wandb_run is not None:
             run, self._wandb_run = self._wandb_run, None
             run.finish(exit_code=exit_code)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from amago2.logger import RunLogger, read_metrics
+from amago2.logger import RunLogger, read_metrics, write_csv_files
 from amago2.plot import format_summary, make_figure, plot_runs, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +91,23 @@ def test_truncated_last_line_is_skipped_with_a_warning(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [r["x"] for r in read_metrics(tmp_path)] == [1.0, 2.0, 4.0]
+
+
+def test_csv_files_are_derived_from_the_jsonl_of_a_killed_run(tmp_path, monkeypatch):
+    """A run killed before its logger closed has only metrics.jsonl; the CSVs come from it."""
+    _no_wandb_env(monkeypatch)
+    log = RunLogger(tmp_path)
+    log.log({"x": 1.0}, "train", 1, 10)
+    log.log({"x": 2.0, "y": math.nan}, "train", 2, 20)
+    log.log({"return/all": 0.5}, "eval", 2, 20)
+    assert not list(tmp_path.glob("*.csv")), "CSV files are written at checkpoints and at the end, not per record"
+    written = write_csv_files(tmp_path)
+    assert sorted(p.name for p in written) == ["metrics_eval.csv", "metrics_train.csv"]
+    fields, rows = _csv_rows(tmp_path / "metrics_train.csv")
+    assert fields == ["updates", "env_steps", "wall_time", "x", "y"]
+    assert [(r["updates"], r["x"], r["y"]) for r in rows] == [("1", "1.0", ""), ("2", "2.0", "")]
+    assert not list(tmp_path.glob(".*.tmp")), "the CSV files are written through temporary files that are renamed"
+    log.close()
 
 
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
