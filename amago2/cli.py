@@ -105,8 +105,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from amago2.checkpoint import checkpoint_paths
-    from amago2.experiment import Experiment
+    """Evaluate a checkpoint in fresh eval envs. Builds only the agent and the eval pool:
+    nothing under the run directory is opened for writing."""
+    import torch
+
+    from amago2.agent import Agent
+    from amago2.checkpoint import checkpoint_paths, load_checkpoint
+    from amago2.evaluation import make_eval_pool, run_trials
+    from amago2.experiment import experiment_settings
 
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent.parent
@@ -117,10 +123,20 @@ def cmd_eval(args) -> int:
     if ckpt is None:
         raise SystemExit(f"amago2 eval: no checkpoint in {run_dir / 'checkpoints'}")
     _parse_gin(config.read_text(), args.bind)
-    exp = Experiment(run_dir=run_dir, use_wandb=False, progress=False)
-    exp.load_weights(ckpt)
-    result = exp.evaluate(args.episodes, save_dir=args.save_trajs)
-    exp.close()
+    cfg = experiment_settings()
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg["cpu"] else "cpu")
+    pool = make_eval_pool(cfg["eval_env"] if cfg["eval_env"] is not None else cfg["train_env"], args.episodes,
+                          n_envs=cfg["n_envs"], env_mode=cfg["env_mode"], trial_episodes=cfg["trial_episodes"],
+                          env_kwargs=cfg["env_kwargs"], seed=cfg["seed"] + 99_991)  # fmt: skip
+    try:
+        agent = Agent(pool.observation_space, pool.action_space, max_seq_len=cfg["max_seq_len"]).to(device)
+        agent.load_state_dict(load_checkpoint(ckpt, map_location=device)["agent"])
+    except BaseException:
+        pool.close()
+        raise
+    result = run_trials(agent, pool, args.episodes, device=device, sample=cfg["eval_sample"],
+                        max_segment_len=cfg["max_segment_len"] or 8 * cfg["max_seq_len"], save_dir=args.save_trajs,
+                        act_threads=cfg["act_threads"])  # fmt: skip
     print(f"{ckpt}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items())))
     if args.save_trajs:
         print(f"trajectories saved to {args.save_trajs}")

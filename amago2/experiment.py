@@ -3,15 +3,23 @@
     exp = Experiment(run_dir="runs/tmaze", train_env="amago2/TMaze-v0", env_kwargs={"horizon": 50})
     exp.run()
 
-Each epoch collects `env_steps_per_epoch` steps in each of `n_envs` environments (writing
-finished trajectories to the replay store), then makes `updates_per_epoch` gradient updates
-on batches sampled from the store by a background prefetcher. Accelerate handles devices,
-data-parallel training (`accelerate launch`), gradient accumulation and mixed precision;
-every process collects its own data into its own replay folder.
+Each epoch (`run_epoch`) has four phases, each a method of its own:
+
+    collect_epoch   `env_steps_per_epoch` steps in each of `n_envs` envs (amago2.collect),
+                    finished trajectories written to the replay store (amago2.data)
+    train_epoch     `updates_per_epoch` updates (amago2.learner) on batches that a
+                    background prefetcher samples from the store
+    evaluate        trials in fresh eval envs (amago2.evaluation), every `eval_every_epochs`
+    save_checkpoint every `checkpoint_every_epochs` (amago2.checkpoint)
+
+Accelerate handles devices, data-parallel training (`accelerate launch`), gradient
+accumulation and mixed precision; every process collects its own data into its own replay
+folder. `examples/minimal_loop.py` is the same algorithm written out without this class.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -29,16 +37,16 @@ from tqdm.auto import tqdm
 from amago2.agent import Agent
 from amago2.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from amago2.collect import Collector, TrialStats
-from amago2.data.replay import Prefetcher, ReplayStore
+from amago2.data import Prefetcher, ReplayStore
 from amago2.envs.pool import make_pool
+from amago2.evaluation import evaluate_policy
+from amago2.learner import Learner, NonFiniteLossError
 from amago2.logger import RunLogger
 from amago2.malloc import tune_glibc_malloc
 
 EnvSpec = Union[str, Callable, Sequence[Union[str, Callable]]]
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the run stops before anything is overwritten."""
+__all__ = ["Experiment", "NonFiniteLossError", "experiment_settings"]
 
 
 @gin.configurable
@@ -134,10 +142,9 @@ class Experiment:
                                     seed=seed + 10_000 * self.rank, env_kwargs=self.env_kwargs)  # fmt: skip
         obs_space, action_space = self.train_pool.observation_space, self.train_pool.action_space
         agent = Agent(obs_space, action_space, max_seq_len=max_seq_len).to(self.device)
-        params = [p for p in agent.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, warmup_updates)))
-        self.agent, self.optimizer = self.accelerator.prepare(agent, optimizer)
+        self.learner = Learner(agent, self.accelerator, lr=lr, weight_decay=weight_decay, warmup_updates=warmup_updates,
+                               grad_clip=grad_clip, where_to_look=str(self.run_dir / "checkpoints"))  # fmt: skip
+        self.agent, self.optimizer, self.scheduler = self.learner.agent, self.learner.optimizer, self.learner.scheduler
 
         will_collect = not offline or online_after_updates is not None
         self.store = ReplayStore(
@@ -147,7 +154,7 @@ class Experiment:
         )
         self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank,
                                    act_threads=act_threads)  # fmt: skip
-        self.epoch = self.updates = 0
+        self.epoch = 0
         self.logger = RunLogger(self.run_dir, config=dict(gin_config=gin.config_str()), wandb_project=wandb_project,
                                 use_wandb=use_wandb, rank=self.rank)  # fmt: skip
         self._prefetcher: Optional[Prefetcher] = None
@@ -156,7 +163,11 @@ class Experiment:
     @property
     def policy(self) -> Agent:
         """The agent without its data-parallel wrapper (for acting and checkpoints)."""
-        return self.accelerator.unwrap_model(self.agent)
+        return self.learner.policy
+
+    @property
+    def updates(self) -> int:
+        return self.learner.updates
 
     @property
     def env_steps(self) -> int:
@@ -181,9 +192,7 @@ class Experiment:
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> Dict[str, Any]:
         return dict(
-            agent=self.policy.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
+            **self.learner.state_dict(),
             counters=dict(epoch=self.epoch, updates=self.updates, env_steps=self.env_steps),
             rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
             replay=self.store.state_dict(),
@@ -191,18 +200,17 @@ class Experiment:
 
     def save_checkpoint(self) -> Optional[Path]:
         self.accelerator.wait_for_everyone()
+        self.logger.write_csv()
         if not self.accelerator.is_main_process:
             return None
         return save_checkpoint(self.run_dir / "checkpoints", self.updates, self.state_dict(), keep=self.keep_checkpoints)
 
     def load_state(self, state: Dict[str, Any], weights_only: bool = False) -> None:
-        self.policy.load_state_dict(state["agent"])
+        self.learner.load_state_dict(state, weights_only=weights_only)
         if weights_only:
             return
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         c = state["counters"]
-        self.epoch, self.updates, self.collector.env_steps = c["epoch"], c["updates"], c["env_steps"]
+        self.epoch, self.learner.updates, self.collector.env_steps = c["epoch"], c["updates"], c["env_steps"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -223,31 +231,19 @@ class Experiment:
     def load_weights(self, path: Union[str, Path]) -> None:
         self.load_state(load_checkpoint(path, map_location=self.device), weights_only=True)
 
-    # ------------------------------------------------------------------- training
+    # ------------------------------------------------------------------- phases
     def update(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        """One gradient update (with accumulation when configured) and a Polyak target update."""
-        self.policy.update_normalizer(batch)
-        with self.accelerator.accumulate(self.agent):
-            with self.accelerator.autocast():
-                loss, metrics = self.agent(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the loss became {loss.item()} at update {self.updates} (metrics: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                    + f"). Nothing was saved after it; the last good checkpoint is in {self.run_dir / 'checkpoints'}. "
-                    "Try a lower Experiment.lr, a smaller grad_clip, or check the rewards for NaN/Inf."
-                )
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients:
-                metrics["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.sync_gradients:
-            self.policy.update_targets()
-        self.updates += 1
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics
+        """One gradient update (see `amago2.learner.Learner.update`)."""
+        return self.learner.update(batch)
+
+    def collect_epoch(self, bar=None) -> Dict[str, float]:
+        """`env_steps_per_epoch` steps in every training env, new trajectories indexed by the
+        store. Returns the finished trials' metrics, the exploration rate and the time split."""
+        stats = TrialStats()
+        eps = self.exploration_epsilon()
+        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps)
+        self.store.refresh()
+        return dict(stats.summary(), epsilon=eps, **timing)
 
     def train_epoch(self, bar=None) -> Dict[str, float]:
         """`updates_per_epoch` updates. Returns the mean metrics and the time split."""
@@ -273,25 +269,37 @@ class Experiment:
     def evaluate(self, n_trials: Optional[int] = None, save_dir: Optional[Union[str, Path]] = None) -> Dict[str, float]:
         """Run `n_trials` trials (at least; the same number in each eval env) in fresh eval envs;
         optionally save them as trajectory files."""
-        n_trials = n_trials or self.eval_trials
-        n = min(self.n_envs, n_trials)
-        pool = make_pool(self.eval_env, n, mode=self.env_mode, trial_episodes=self.trial_episodes,
-                         seed=self.seed + 99_991 + 10_000 * self.rank + self.epoch, env_kwargs=self.env_kwargs)  # fmt: skip
-        store = ReplayStore(save_dir, 10**12) if save_dir is not None else None
-        collector = Collector(pool, store, self.max_segment_len, self.device, act_threads=self.act_threads)
-        stats = TrialStats()
-        was_training = self.policy.training
-        self.policy.eval()
-        # Every env contributes the same number of trials: counting the first n_trials to finish
-        # would favour the tasks whose trials are short (in a multi-task mixture).
-        per_env = -(-n_trials // n)
-        try:
-            while collector.trials_per_env.min() < per_env:
-                collector.collect(self.policy, 16, sample=self.eval_sample, stats=stats, max_trials_per_env=per_env)
-        finally:
-            self.policy.train(was_training)
-            collector.close()
-        return stats.summary()
+        return evaluate_policy(
+            self.policy, self.eval_env, n_trials or self.eval_trials, n_envs=self.n_envs, env_mode=self.env_mode,
+            trial_episodes=self.trial_episodes, env_kwargs=self.env_kwargs, device=self.device, sample=self.eval_sample,
+            seed=self.seed + 99_991 + 10_000 * self.rank + self.epoch, max_segment_len=self.max_segment_len,
+            save_dir=save_dir, act_threads=self.act_threads,
+        )  # fmt: skip
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.epoch % every == 0 or self.epoch == self.epochs
+
+    def run_epoch(self, show: bool = False) -> Dict[str, Dict[str, float]]:
+        """One epoch: collect, train, then evaluate and checkpoint when due. Returns the
+        metrics each phase logged this epoch, by kind ("collect", "train", "eval")."""
+        logged: Dict[str, Dict[str, float]] = {}
+        if self._collecting():
+            with tqdm(total=self.env_steps_per_epoch * self.n_envs, desc="collect", leave=False,
+                      disable=not show, position=1, unit="step") as bar:  # fmt: skip
+                logged["collect"] = self.collect_epoch(bar)
+            self.logger.log(logged["collect"], "collect", self.updates, self.env_steps)
+        if self.store.num_timesteps >= max(self.learning_starts, 1):
+            with tqdm(total=self.updates_per_epoch, desc="train", leave=False, disable=not show,
+                      position=1, unit="update") as bar:  # fmt: skip
+                logged["train"] = self.train_epoch(bar)
+            self.logger.log(logged["train"], "train", self.updates, self.env_steps)
+        self.epoch += 1
+        if self._due(self.eval_every_epochs):
+            logged["eval"] = self.evaluate()
+            self.logger.log(logged["eval"], "eval", self.updates, self.env_steps)
+        if self._due(self.checkpoint_every_epochs):
+            self.save_checkpoint()
+        return logged
 
     def run(self) -> Dict[str, float]:
         """Train until `epochs`; returns the last evaluation's metrics."""
@@ -301,31 +309,11 @@ class Experiment:
         epochs = tqdm(total=self.epochs, initial=self.epoch, desc="epochs", disable=not show, position=0)
         try:
             while self.epoch < self.epochs:
-                stats = TrialStats()
-                collected: Dict[str, float] = {}
-                if self._collecting():
-                    with tqdm(total=self.env_steps_per_epoch * self.n_envs, desc="collect", leave=False,
-                              disable=not show, position=1, unit="step") as bar:  # fmt: skip
-                        eps = self.exploration_epsilon()
-                        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps)
-                    collected = stats.summary()
-                    self.logger.log(dict(collected, epsilon=eps, **timing), "collect", self.updates, self.env_steps)
-                    self.store.refresh()
-                train_metrics = {}
-                if self.store.num_timesteps >= max(self.learning_starts, 1):
-                    with tqdm(total=self.updates_per_epoch, desc="train", leave=False, disable=not show,
-                              position=1, unit="update") as bar:  # fmt: skip
-                        train_metrics = self.train_epoch(bar)
-                    self.logger.log(train_metrics, "train", self.updates, self.env_steps)
-                self.epoch += 1
-                if self.eval_every_epochs and self.epoch % self.eval_every_epochs == 0 or self.epoch == self.epochs:
-                    last_eval = self.evaluate()
-                    self.logger.log(last_eval, "eval", self.updates, self.env_steps)
-                if self.checkpoint_every_epochs and self.epoch % self.checkpoint_every_epochs == 0 or self.epoch == self.epochs:
-                    self.save_checkpoint()
-                postfix = {"return": last_eval.get("return/all", collected.get("return/all", math.nan))}
-                if train_metrics:
-                    postfix.update(upd_s=train_metrics["updates_per_s"], critic=train_metrics["critic_loss"])
+                logged = self.run_epoch(show)
+                last_eval = logged.get("eval", last_eval)
+                postfix = {"return": last_eval.get("return/all", logged.get("collect", {}).get("return/all", math.nan))}
+                if "train" in logged:
+                    postfix.update(upd_s=logged["train"]["updates_per_s"], critic=logged["train"]["critic_loss"])
                 epochs.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()})
                 epochs.update(1)
         finally:
@@ -358,3 +346,13 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def experiment_settings() -> Dict[str, Any]:
+    """The arguments an `Experiment()` would get under the current gin config: its
+    defaults, overridden by the bound ones. Lets a tool (such as `amago2 eval`) read a run's
+    settings without building the run's environments, optimizer and replay store."""
+    params = inspect.signature(Experiment.__init__).parameters
+    settings = {k: p.default for k, p in params.items() if k != "self"}
+    settings.update(gin.get_bindings(Experiment))
+    return settings

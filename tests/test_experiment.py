@@ -80,15 +80,28 @@ def test_train_eval_and_plot_from_the_cli(tiny_config, tmp_path):
     assert (run_dir / "config.gin").read_text().strip().startswith("Experiment.train_env")
 
     trajs = tmp_path / "trajs"
+    before = _snapshot(run_dir)
     out = amago2("eval", str(run_dir), "--episodes", "4", "--save-trajs", str(trajs))
     assert out.returncode == 0, out.stderr
+    assert _snapshot(run_dir) == before, "evaluation must not write into the run directory"
     files = sorted(trajs.rglob("*.npz"))
     assert len(files) >= 4
     traj = load_trajectory(files[0])
     assert len(traj["time"]) == 6 and traj["terminal"][-1]  # horizon 4: 5 transitions, ends at the junction
 
+    # Evaluation builds only the eval envs: a training env that cannot be made does not matter.
+    out = amago2("eval", str(run_dir), "--episodes", "2", "--bind", 'Experiment.train_env = "NoSuchEnv-v0"',
+                 "--bind", 'Experiment.eval_env = "amago2/TMaze-v0"')  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "return/all=" in out.stdout
+
     out = amago2("plot", str(run_dir), "--out", str(tmp_path / "c.png"))
     assert out.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def _snapshot(root: Path) -> dict:
+    """Every file under `root`: its size and modification time, by relative path."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_a_run_killed_with_sigkill_resumes_where_it_was(tiny_config, tmp_path):
