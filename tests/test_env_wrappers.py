@@ -9,7 +9,8 @@ import pytest
 from gymnasium import spaces
 
 from amago2.data.layout import TOKEN_KEYS
-from amago2.envs.wrappers import ActionConverter, AgentEnv, ObservationConverter
+from amago2.envs.spaces import ActionConverter, ObservationConverter
+from amago2.envs.wrappers import AgentEnv
 
 
 class ScriptedEnv(gym.Env):

@@ -11,7 +11,8 @@ from amago2.envs.tasks import (
     register_tasks,
     tmaze_reference_returns,
 )
-from amago2.envs.wrappers import ActionConverter, AgentEnv, ObservationConverter
+from amago2.envs.spaces import ActionConverter, ObservationConverter
+from amago2.envs.wrappers import AgentEnv
 from amago2.envs.mixture import TaskMixture
 from amago2.envs.pool import EnvPool, EnvPoolError, StepResult, make_pool
 

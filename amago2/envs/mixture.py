@@ -32,7 +32,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amago2.envs.wrappers import NEW_TASK_OPTION, ObservationConverter, TextTokenizer, _find_attr
+from amago2.envs.spaces import ObservationConverter, TextTokenizer
+from amago2.envs.wrappers import NEW_TASK_OPTION, find_attr
 
 TaskFactory = Callable[[], gym.Env]
 
@@ -121,7 +122,7 @@ class TaskMixture(gym.Env):
         self._new_task = True
 
     def normalized_score(self, episode_return: float) -> Optional[float]:
-        score = _find_attr(self.env, "normalized_score")
+        score = find_attr(self.env, "normalized_score")
         return score(episode_return) if callable(score) else None
 
     def _switch(self, seed: Optional[int]) -> Tuple[Optional[int], Dict[str, Any]]:
@@ -135,7 +136,7 @@ class TaskMixture(gym.Env):
         env = self._envs[index]
         # The task env's own trial protocol (see amago2.envs.wrappers): its hidden task too is new.
         options: Dict[str, Any] = {}
-        sample = _find_attr(env, "sample_task")
+        sample = find_attr(env, "sample_task")
         if callable(sample):
             sample()
         elif env.metadata.get(NEW_TASK_OPTION, False):

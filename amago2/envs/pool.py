@@ -25,61 +25,40 @@ Consequences of spawn:
   env instances).
 * A script that makes an async pool must guard its entry point with
   `if __name__ == "__main__":`, because each worker imports the parent's main module.
-* gin bindings of the parent are replayed in every worker (see `_gin_state`), so
-  `TMaze.horizon = 10` in a gin file means the same in both modes.
+* gin bindings of the parent are replayed in every worker (see
+  `amago2.envs.worker.capture_gin_state`), so `TMaze.horizon = 10` in a gin file means the
+  same in both modes.
+
+The envs are stepped by `amago2.envs.batching` (the same code in both modes); the worker
+processes and their messages are `amago2.envs.worker`.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import multiprocessing as mp
 import os
-import pickle
-import signal
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import gin
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from amago2.envs.batching import EnvPoolError, check_envs, concat_tokens, describe_env, reset_envs, step_envs
+from amago2.envs.worker import capture_gin_state, pickle_env_fn, receive_message, send_message, spawn_worker
 from amago2.envs.wrappers import AgentEnv, Token
-
-try:
-    import cloudpickle as _cloudpickle
-except ImportError:  # pragma: no cover - cloudpickle comes with gymnasium
-    _cloudpickle = None
 
 EnvFn = Callable[[], AgentEnv]
 EnvSpec = Union[str, Callable[..., Any]]
 
 POOL_MODES = ("sync", "async")
 
-_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
-
 _CLOSE_TIMEOUT_S = 5.0
 """How long close() waits for a worker to exit on its own before terminating it."""
-
-
-class EnvPoolError(RuntimeError):
-    """An environment of the pool raised. Names the env (index and task) and what it was
-    doing, and carries the full traceback text (from the worker process in async mode)."""
-
-    def __init__(self, env_index: int, env_name: str, phase: str, traceback_text: str, where: str = "this process"):
-        self.env_index = env_index
-        self.env_name = env_name
-        self.phase = phase
-        self.traceback_text = traceback_text
-        last = traceback_text.strip().splitlines()[-1] if traceback_text.strip() else "unknown error"
-        super().__init__(
-            f"env {env_index} ({env_name}) failed during {phase} in {where}: {last}\n"
-            f"The pool is closed; make a new one after fixing the env.\n"
-            f"--- traceback of env {env_index} ---\n{traceback_text}"
-        )
 
 
 @dataclass
@@ -107,280 +86,6 @@ class StepResult:
     new_trial: np.ndarray
     final_tokens: Dict[int, Token]
     infos: List[Dict[str, Any]]
-
-
-# --------------------------------------------------------------------------------------
-# Batching helpers (shared by the sync loop and the workers)
-# --------------------------------------------------------------------------------------
-
-
-def _stack(tokens: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Unbatched tokens -> one token with a new first axis (nested dicts batched per key)."""
-    out: Dict[str, Any] = {}
-    for key, value in tokens[0].items():
-        if isinstance(value, Mapping):
-            out[key] = _stack([t[key] for t in tokens])
-        else:
-            out[key] = np.stack([t[key] for t in tokens])
-    return out
-
-
-def _concat(parts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Batched tokens of consecutive env slices -> one batch."""
-    if len(parts) == 1:
-        return dict(parts[0])
-    out: Dict[str, Any] = {}
-    for key, value in parts[0].items():
-        if isinstance(value, Mapping):
-            out[key] = _concat([p[key] for p in parts])
-        else:
-            out[key] = np.concatenate([p[key] for p in parts])
-    return out
-
-
-def _env_label(env: Any) -> str:
-    return str(getattr(env, "env_name", type(env).__name__))
-
-
-def _reset_envs(envs: Sequence[AgentEnv], seeds: Optional[Sequence[int]], offset: int) -> Dict[str, Any]:
-    tokens = []
-    for j, env in enumerate(envs):
-        try:
-            token, _ = env.reset(seed=None if seeds is None else int(seeds[j]))
-        except Exception as e:
-            raise EnvPoolError(offset + j, _env_label(env), "reset()", traceback.format_exc()) from e
-        tokens.append(token)
-    return _stack(tokens)
-
-
-def _step_envs(envs: Sequence[AgentEnv], actions: np.ndarray, offset: int) -> Tuple[Any, ...]:
-    """Step a slice of envs (global indices offset, offset + 1, ...) with auto-reset.
-
-    Returns (batched tokens, rewards, terminated, truncated, new_trial, final_tokens, infos)
-    with final_tokens keyed by the global env index."""
-    m = len(envs)
-    rewards = np.empty(m, dtype=np.float32)
-    terminated = np.empty(m, dtype=np.bool_)
-    truncated = np.empty(m, dtype=np.bool_)
-    tokens: List[Token] = []
-    finals: Dict[int, Token] = {}
-    infos: List[Dict[str, Any]] = []
-    for j, env in enumerate(envs):
-        phase = "step()"
-        try:
-            token, reward, term, trunc, info = env.step(actions[j])
-            if term or trunc:
-                # Auto-reset: the agent gets the new trial's first token right away; the
-                # finished trial's last token goes to the caller to close its trajectory.
-                # Unseeded, so the env's generator moves on and new tasks keep coming.
-                finals[offset + j] = token
-                phase = "reset() after its trial ended"
-                token, reset_info = env.reset()
-                info["reset_info"] = reset_info
-        except Exception as e:
-            raise EnvPoolError(offset + j, _env_label(env), phase, traceback.format_exc()) from e
-        rewards[j] = reward
-        terminated[j] = term
-        truncated[j] = trunc
-        tokens.append(token)
-        infos.append(info)
-    new_trial = terminated | truncated
-    return _stack(tokens), rewards, terminated, truncated, new_trial, finals, infos
-
-
-def _describe(env: Any) -> Dict[str, Any]:
-    """What the parent needs to validate an env (sent back from the workers)."""
-    if not isinstance(env, AgentEnv):
-        return {"agent_env": False, "type": type(env).__name__}
-    return {
-        "agent_env": True,
-        "name": env.env_name,
-        "observation_space": env.observation_space,
-        "action_space": env.action_space,
-    }
-
-
-# --------------------------------------------------------------------------------------
-# Space checks
-# --------------------------------------------------------------------------------------
-
-
-def _obs_structure(space: spaces.Space) -> Any:
-    """What must agree between envs for their observations to batch: keys, shapes, dtypes."""
-    if isinstance(space, spaces.Dict):
-        return {k: _obs_structure(s) for k, s in space.spaces.items()}
-    if isinstance(space, spaces.Box):
-        return (tuple(space.shape), np.dtype(space.dtype).str)
-    return (type(space).__name__, str(space))
-
-
-def _obs_union(a: spaces.Space, b: spaces.Space) -> spaces.Space:
-    """The smallest space holding both (same structure): bounds may differ between tasks,
-    and the agent must be told the range all of them cover."""
-    if isinstance(a, spaces.Dict):
-        return spaces.Dict({k: _obs_union(a.spaces[k], b.spaces[k]) for k in a.spaces})
-    if isinstance(a, spaces.Box):
-        if np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high):
-            return a
-        return spaces.Box(np.minimum(a.low, b.low), np.maximum(a.high, b.high), a.shape, a.dtype)
-    return a
-
-
-def _check_envs(descriptions: Sequence[Dict[str, Any]]) -> Tuple[spaces.Space, spaces.Space]:
-    """Validate the envs of a pool; returns the pool's (observation_space, action_space)."""
-    for i, d in enumerate(descriptions):
-        if not d["agent_env"]:
-            raise TypeError(
-                f"EnvPool: env_fns[{i}] returned a {d['type']}, not an AgentEnv. Wrap it: "
-                f"`lambda: AgentEnv(make_env(), trial_episodes=k)`, or build the pool with "
-                f"make_pool(), which wraps gymnasium envs and ids itself."
-            )
-    first = descriptions[0]
-    obs_space, action_space = first["observation_space"], first["action_space"]
-    for i, d in enumerate(descriptions[1:], start=1):
-        if _obs_structure(d["observation_space"]) != _obs_structure(first["observation_space"]):
-            raise ValueError(
-                f"EnvPool: env {i} ({d['name']}) has observation space {d['observation_space']} "
-                f"but env 0 ({first['name']}) has {first['observation_space']}. All envs of a "
-                f"pool must give the agent observations of the same keys, shapes and dtypes; "
-                f"pad the tasks of a multi-task suite to one space with the suite's wrappers "
-                f"before pooling them."
-            )
-        if d["action_space"] != action_space:
-            raise ValueError(
-                f"EnvPool: env {i} ({d['name']}) has agent action space {d['action_space']} "
-                f"but env 0 ({first['name']}) has {action_space}. One agent acts in every env "
-                f"of a pool, so all must share the action space; pad the tasks of a "
-                f"multi-task suite to one action space with the suite's wrappers first."
-            )
-        obs_space = _obs_union(obs_space, d["observation_space"])
-    return obs_space, action_space
-
-
-# --------------------------------------------------------------------------------------
-# Async workers
-# --------------------------------------------------------------------------------------
-
-
-def _send(conn: Any, message: Any) -> None:
-    # Connection.send builds a new ForkingPickler (copying its dispatch table) per message,
-    # which costs more than stepping a small env; plain pickle of the message is ~5x cheaper.
-    conn.send_bytes(pickle.dumps(message, protocol=_PICKLE_PROTOCOL))
-
-
-def _recv(conn: Any) -> Any:
-    return pickle.loads(conn.recv_bytes())
-
-
-def _dumps(fn: Callable[..., Any], index: int) -> bytes:
-    try:
-        if _cloudpickle is not None:
-            return _cloudpickle.dumps(fn)
-        return pickle.dumps(fn)
-    except Exception as e:
-        hint = "" if _cloudpickle is not None else " (install cloudpickle to send lambdas and closures)"
-        raise ValueError(
-            f"EnvPool(mode='async'): env_fns[{index}] = {fn!r} cannot be pickled for the worker "
-            f"process{hint}: {type(e).__name__}: {e}. Make it a module-level function or a "
-            f"functools.partial of picklable arguments (not an env instance), or use mode='sync'."
-        ) from e
-
-
-def _gin_state() -> Tuple[str, List[str]]:
-    """The parent's gin bindings and the modules defining the bound configurables.
-
-    Workers are fresh interpreters with no gin config, so without this an env configured
-    by gin (e.g. `TMaze.horizon = 10`) would silently use its defaults in async mode. The
-    modules are imported in the worker first so that their configurables are registered."""
-    try:
-        text = gin.config_str()
-    except Exception:  # a value gin cannot print: the worker warns about missing bindings
-        return "", []
-    modules = set()
-    try:  # private gin API: best effort, the config text alone covers amago2's own modules
-        for _, selector in gin.config._CONFIG:
-            match = gin.config._REGISTRY.get_match(selector)
-            if match is not None:
-                modules.add(match.wrapped.__module__)
-    except Exception:
-        pass
-    modules.discard("__main__")  # not importable under that name in a worker
-    return text, sorted(modules)
-
-
-def _replay_gin(gin_text: str, gin_modules: Sequence[str]) -> List[str]:
-    notes = []
-    if not gin_text.strip():
-        return notes
-    for name in gin_modules:
-        try:
-            importlib.import_module(name)
-        except Exception as e:
-            notes.append(f"could not import {name} ({type(e).__name__}: {e}); its gin bindings are skipped")
-    try:
-        gin.parse_config(gin_text, skip_unknown=True)
-    except Exception as e:
-        notes.append(f"could not replay the gin config ({type(e).__name__}: {e}); envs use their defaults")
-    return notes
-
-
-def _worker_main(conn: Any, payloads: List[bytes], offset: int, gin_text: str, gin_modules: List[str]) -> None:
-    """Worker loop: build envs[offset : offset + len(payloads)], then serve commands.
-
-    Replies are ("ok", result) or ("error", (env index, env name, phase, traceback text))."""
-    # Ctrl-C reaches the whole process group; the parent handles it and closes the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # n workers each running a full-size math thread pool would oversubscribe the cores.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    envs: List[Any] = []
-    try:
-        # Unpickle first: it imports the modules the factories live in (and so registers
-        # their gin configurables) before the config is replayed.
-        fns = []
-        for j, payload in enumerate(payloads):
-            try:
-                fns.append(pickle.loads(payload))
-            except Exception as e:
-                tb = traceback.format_exc()
-                raise EnvPoolError(offset + j, f"env_fns[{offset + j}]", "unpickling in the worker", tb) from e
-        notes = _replay_gin(gin_text, gin_modules)
-        for j, fn in enumerate(fns):
-            try:
-                envs.append(fn())
-            except Exception as e:
-                raise EnvPoolError(offset + j, f"env_fns[{offset + j}]", "construction", traceback.format_exc()) from e
-        _send(conn, ("ok", ([_describe(env) for env in envs], notes)))
-    except EnvPoolError as e:
-        _send(conn, ("error", (e.env_index, e.env_name, e.phase, e.traceback_text)))
-    while True:
-        try:
-            cmd, arg = _recv(conn)
-        except (EOFError, OSError):  # the parent is gone
-            break
-        if cmd == "close":
-            break
-        try:
-            if cmd == "step":
-                _send(conn, ("ok", _step_envs(envs, arg, offset)))
-            elif cmd == "reset":
-                _send(conn, ("ok", _reset_envs(envs, arg, offset)))
-            else:
-                _send(conn, ("error", (offset, "?", f"unknown command {cmd!r}", "")))
-        except EnvPoolError as e:
-            _send(conn, ("error", (e.env_index, e.env_name, e.phase, e.traceback_text)))
-        except (BrokenPipeError, EOFError):
-            break
-        except Exception:  # most likely a result that cannot be pickled (an info value)
-            tb = traceback.format_exc()
-            where = f"envs {offset}..{offset + len(envs) - 1}"
-            _send(conn, ("error", (offset, where, f"sending the {cmd} result", tb)))
-    for env in envs:
-        try:
-            env.close()
-        except Exception:
-            pass
-    conn.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -454,11 +159,11 @@ class EnvPool:
                     self.close()
                     raise EnvPoolError(i, f"env_fns[{i}]", "construction", traceback.format_exc()) from e
                 self._envs.append(env)
-            descriptions = [_describe(env) for env in self._envs]
+            descriptions = [describe_env(env) for env in self._envs]
         else:
             descriptions = self._start_workers(env_fns, n_workers, start_method)
         try:
-            self.observation_space, self.action_space = _check_envs(descriptions)
+            self.observation_space, self.action_space = check_envs(descriptions)
         except Exception:
             self.close()
             raise
@@ -481,24 +186,14 @@ class EnvPool:
                 f"EnvPool start_method {start_method!r} is not available here; choose one of "
                 f"{mp.get_all_start_methods()}."
             )
-        payloads = [_dumps(fn, i) for i, fn in enumerate(env_fns)]
+        payloads = [pickle_env_fn(fn, i) for i, fn in enumerate(env_fns)]
         bounds = np.linspace(0, self.n_envs, n_workers + 1).round().astype(int)
         self._slices = [(int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
-        gin_text, gin_modules = _gin_state()
+        gin_state = capture_gin_state()
         ctx = mp.get_context(start_method)
         self._closed = False
         for lo, hi in self._slices:
-            parent_conn, child_conn = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(child_conn, payloads[lo:hi], lo, gin_text, gin_modules),
-                name=f"amago2-EnvPool-worker-{lo}-{hi}",
-                daemon=True,  # never outlive the parent
-            )
-            proc.start()
-            # The parent's copy of the child's end must go, so that recv() sees EOF if the
-            # worker dies instead of blocking forever.
-            child_conn.close()
+            proc, parent_conn = spawn_worker(ctx, payloads[lo:hi], lo, gin_state)
             self._procs.append(proc)
             self._conns.append(parent_conn)
         replies = self._request(None, "construction")
@@ -532,14 +227,14 @@ class EnvPool:
             listening = []
             for w, (conn, message) in enumerate(zip(self._conns, messages)):
                 try:
-                    _send(conn, message)
+                    send_message(conn, message)
                     listening.append(w)
                 except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
                     error = error or self._dead_worker_error(w, phase)
         results = []
         for w in listening:
             try:
-                status, payload = _recv(self._conns[w])
+                status, payload = receive_message(self._conns[w])
             except (EOFError, ConnectionResetError, OSError):
                 error = error or self._dead_worker_error(w, phase)
                 continue
@@ -567,14 +262,14 @@ class EnvPool:
         seeds = None if self._seeded else [self.seed + i for i in range(self.n_envs)]
         if self.mode == "sync":
             try:
-                tokens = _reset_envs(self._envs, seeds, 0)
+                tokens = reset_envs(self._envs, seeds, 0)
             except EnvPoolError as e:
                 self._failure = str(e).splitlines()[0]
                 self.close()
                 raise
         else:
             messages = [("reset", None if seeds is None else seeds[lo:hi]) for lo, hi in self._slices]
-            tokens = _concat(self._request(messages, "reset()"))
+            tokens = concat_tokens(self._request(messages, "reset()"))
         self._seeded = True
         self._needs_reset = False
         return tokens
@@ -610,7 +305,7 @@ class EnvPool:
         arr = self._check_actions(actions)
         if self.mode == "sync":
             try:
-                out = _step_envs(self._envs, arr, 0)
+                out = step_envs(self._envs, arr, 0)
             except EnvPoolError as e:
                 self._failure = str(e).splitlines()[0]
                 self.close()
@@ -625,7 +320,7 @@ class EnvPool:
             finals.update(p[5])
             infos.extend(p[6])
         return StepResult(
-            tokens=_concat([p[0] for p in parts]),
+            tokens=concat_tokens([p[0] for p in parts]),
             rewards=np.concatenate([p[1] for p in parts]),
             terminated=np.concatenate([p[2] for p in parts]),
             truncated=np.concatenate([p[3] for p in parts]),
@@ -645,7 +340,7 @@ class EnvPool:
         self._envs = []
         for conn in self._conns:
             try:
-                _send(conn, ("close", None))
+                send_message(conn, ("close", None))
             except Exception:  # the worker is already gone
                 pass
         for proc in self._procs:
