@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import pytest
 import torch
@@ -34,7 +36,9 @@ def test_state_dict_round_trip_continues_identically():
     for _ in range(3):
         a.update(batch)
     b = Learner(small_agent(OBS, ACT, seed=5), Accelerator(cpu=True), warmup_updates=3)
-    b.load_state_dict(a.state_dict())
+    # A deep copy, as a checkpoint file is: torch's optimizer load keeps same-device tensors, so
+    # the two optimizers would otherwise share (and each update) one set of moment estimates.
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
     torch.manual_seed(0)
     ma = a.update(batch)
     torch.manual_seed(0)
