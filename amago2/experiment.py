@@ -131,7 +131,7 @@ class Experiment:
         self.checkpoint_every_epochs, self.keep_checkpoints = checkpoint_every_epochs, keep_checkpoints
         self.seed, self.progress = seed, progress
 
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps)
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         if tune_malloc and self.device.type == "cpu":
@@ -143,7 +143,8 @@ class Experiment:
         obs_space, action_space = self.train_pool.observation_space, self.train_pool.action_space
         agent = Agent(obs_space, action_space, max_seq_len=max_seq_len).to(self.device)
         self.learner = Learner(agent, self.accelerator, lr=lr, weight_decay=weight_decay, warmup_updates=warmup_updates,
-                               grad_clip=grad_clip, where_to_look=str(self.run_dir / "checkpoints"))  # fmt: skip
+                               grad_clip=grad_clip, grad_accum_steps=grad_accum_steps,
+                               where_to_look=str(self.run_dir / "checkpoints"))  # fmt: skip
         self.agent, self.optimizer, self.scheduler = self.learner.agent, self.learner.optimizer, self.learner.scheduler
 
         will_collect = not offline or online_after_updates is not None
@@ -232,9 +233,9 @@ class Experiment:
         self.load_state(load_checkpoint(path, map_location=self.device), weights_only=True)
 
     # ------------------------------------------------------------------- phases
-    def update(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        """One gradient update (see `amago2.learner.Learner.update`)."""
-        return self.learner.update(batch)
+    def update(self, batches) -> Dict[str, float]:
+        """One optimizer step from a batch or `grad_accum_steps` micro-batches (see `amago2.learner.Learner.update`)."""
+        return self.learner.update(batches)
 
     def collect_epoch(self, bar=None) -> Dict[str, float]:
         """`env_steps_per_epoch` steps in every training env, new trajectories indexed by the
@@ -246,15 +247,16 @@ class Experiment:
         return dict(stats.summary(), epsilon=eps, **timing)
 
     def train_epoch(self, bar=None) -> Dict[str, float]:
-        """`updates_per_epoch` updates. Returns the mean metrics and the time split."""
+        """`updates_per_epoch` optimizer steps, each from `grad_accum_steps` batches. Returns the
+        mean metrics and the time split."""
         sums: Dict[str, float] = {}
         t_wait = t_learn = 0.0
         batches = self._batches()
         for _ in range(self.updates_per_epoch):
             t0 = time.perf_counter()
-            batch = next(batches)
+            micro_batches = [next(batches) for _ in range(self.learner.accum_steps)]
             t1 = time.perf_counter()
-            metrics = self.update(batch)
+            metrics = self.update(micro_batches)
             t2 = time.perf_counter()
             t_wait, t_learn = t_wait + t1 - t0, t_learn + t2 - t1
             for k, v in metrics.items():

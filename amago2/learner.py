@@ -9,10 +9,12 @@ driven by `Experiment`, by `examples/minimal_loop.py` or by a test with hand-mad
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import contextlib
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import torch
 from accelerate import Accelerator
+from torch import nn
 
 from amago2.agent import Agent
 
@@ -21,10 +23,34 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the run stops before anything is overwritten."""
 
 
+# Parameters that are not weights of a linear map: decaying them towards 0 pulls them off
+# their meaning (a norm's gain towards 0, Mamba's A_log towards no decay, D towards no skip).
+NO_DECAY_MODULES = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.Embedding)
+NO_DECAY_NAMES = ("bias", "A_log", "D", "dt_bias")
+
+
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """AdamW parameter groups: `weight_decay` for weight matrices and conv kernels, none for
+    biases, norms, embeddings and position tables, Mamba's `A_log`, `D` and `dt_bias`, and
+    any parameter a module marks with `param.no_weight_decay = True`. Frozen parameters
+    (target networks) are left out."""
+    decay, no_decay, seen = [], [], set()
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            skip = isinstance(mod, NO_DECAY_MODULES) or name in NO_DECAY_NAMES or getattr(p, "no_weight_decay", False)
+            (no_decay if skip else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
 class Learner:
-    """Gradient updates of `agent`: AdamW with linear warm-up over `warmup_updates`, gradient
-    clipping at `grad_clip`, accumulation and mixed precision as `accelerator` is set up, and a
-    Polyak update of the target networks after every optimizer step.
+    """Gradient updates of `agent`: AdamW (see `weight_decay_groups`) with linear warm-up over
+    `warmup_updates` optimizer steps, gradient clipping at `grad_clip`, mixed precision as
+    `accelerator` is set up, and a Polyak update of the target
+    networks after every optimizer step. Each optimizer step is made from `grad_accum_steps`
+    micro-batches (see `update`).
 
     `where_to_look` goes into the non-finite-loss error (e.g. the run's checkpoint folder).
     """
@@ -37,44 +63,63 @@ class Learner:
         weight_decay: float = 1e-4,
         warmup_updates: int = 200,
         grad_clip: float = 1.0,
+        grad_accum_steps: int = 1,
         where_to_look: str = "",
     ):
+        if int(grad_accum_steps) != grad_accum_steps or grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be a positive integer, got {grad_accum_steps!r}")
         self.accelerator, self.grad_clip, self.where_to_look = accelerator, grad_clip, where_to_look
-        params = [p for p in agent.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        # Counted here, not by Accelerate: its accumulation state is one per process, shared
+        # by every Accelerator, and its optimizer wrapper would skip steps by that count.
+        self.accum_steps = int(grad_accum_steps)
+        optimizer = torch.optim.AdamW(weight_decay_groups(agent, weight_decay), lr=lr)
+        # Not passed through accelerator.prepare: Accelerate's wrapper would step it once per
+        # process per step. It is stepped here once per optimizer step, so warm-up counts updates.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: min(1.0, (u + 1) / max(1, warmup_updates)))
         self.agent, self.optimizer = accelerator.prepare(agent, optimizer)
-        self.updates = 0
+        self.updates = 0  # optimizer steps
 
     @property
     def policy(self) -> Agent:
         """The agent without its data-parallel wrapper (for acting and checkpoints)."""
         return self.accelerator.unwrap_model(self.agent)
 
-    def update(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        """One gradient update (with accumulation when configured) and a Polyak target update."""
-        self.policy.update_normalizer(batch)
-        with self.accelerator.accumulate(self.agent):
-            with self.accelerator.autocast():
-                loss, metrics = self.agent(batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the loss became {loss.item()} at update {self.updates} (metrics: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                    + f"). Nothing was saved after it; the last good checkpoint is in {self.where_to_look}. "
-                    "Try a lower Experiment.lr, a smaller grad_clip, or check the rewards for NaN/Inf."
-                )
-            self.accelerator.backward(loss)
-            if self.accelerator.sync_gradients:
-                metrics["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.sync_gradients:
-            self.policy.update_targets()
+    def update(self, batches: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]) -> Dict[str, float]:
+        """One optimizer step from one batch, or from `grad_accum_steps` micro-batches whose
+        gradients are averaged (as one batch of them all would give when every micro-batch
+        has as many valid transitions). Returns the metrics, averaged over the micro-batches."""
+        batches = [batches] if isinstance(batches, Mapping) else list(batches)
+        if len(batches) != self.accum_steps:
+            raise ValueError(f"Learner.update got {len(batches)} micro-batches; it makes one optimizer step from "
+                             f"grad_accum_steps = {self.accum_steps} of them")  # fmt: skip
+        # The normaliser first sees every micro-batch, as it would see one large batch.
+        for batch in batches:
+            self.policy.update_normalizer(batch)
+        sums: Dict[str, float] = {}
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            # Data-parallel gradients are all-reduced once, on the last micro-batch.
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.agent):
+                with self.accelerator.autocast():
+                    loss, metrics = self.agent(batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the loss became {loss.item()} at update {self.updates} (metrics: "
+                        + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                        + f"). Nothing was saved after it; the last good checkpoint is in {self.where_to_look}. "
+                        "Try a lower Experiment.lr, a smaller grad_clip, or check the rewards for NaN/Inf."
+                    )
+                self.accelerator.backward(loss / len(batches))
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / len(batches)
+        sums["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.policy.update_targets()
         self.updates += 1
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics
+        sums["lr"] = self.scheduler.get_last_lr()[0]
+        return sums
 
     def state_dict(self) -> Dict[str, Any]:
         return dict(agent=self.policy.state_dict(), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict())

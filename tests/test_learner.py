@@ -54,3 +54,47 @@ def test_a_non_finite_loss_names_where_to_look():
     learner = Learner(small_agent(OBS, ACT), Accelerator(cpu=True), where_to_look="runs/x/checkpoints")
     with pytest.raises(NonFiniteLossError, match="runs/x/checkpoints"):
         learner.update(batch)
+
+
+def _halves(batch):
+    return [{k: v[:12] for k, v in batch.items()}, {k: v[12:] for k, v in batch.items()}]
+
+
+def test_two_accumulated_micro_batches_make_the_update_of_one_batch_of_both():
+    batch = random_batch(OBS, ACT, B=24, L=6, seed=4)
+    batch["mask"][:] = True  # every micro-batch has as many transitions, so the means agree
+    # The whole ensemble in every TD target: no random subset that would differ between the two.
+    kw = dict(n_critics=2, redq_subset=2)
+    one = Learner(small_agent(OBS, ACT, **kw), Accelerator(cpu=True), warmup_updates=2)
+    accum = Learner(small_agent(OBS, ACT, **kw), Accelerator(cpu=True), warmup_updates=2, grad_accum_steps=2)
+    for step in range(3):
+        m1 = one.update(batch)
+        m2 = accum.update(_halves(batch))
+        assert m1["lr"] == m2["lr"], "warm-up counts optimizer steps, not micro-batches"
+        assert m1["critic_loss"] == pytest.approx(m2["critic_loss"], rel=1e-4)
+    assert one.updates == accum.updates == 3
+    for (name, p1), p2 in zip(one.policy.named_parameters(), accum.policy.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="grad_accum_steps = 2"):
+        accum.update(batch)
+
+
+def test_weight_decay_spares_biases_norms_embeddings_and_ssm_parameters():
+    from amago2.learner import weight_decay_groups
+
+    agent = small_agent(OBS, ACT, traj_encoder="mamba", n_layers=1)
+    decay, no_decay = weight_decay_groups(agent, 0.1)
+    names = {id(p): n for n, p in agent.named_parameters()}
+    spared = {names[id(p)].split(".")[-1] for p in no_decay["params"]}
+    assert {"bias", "A_log", "D", "weight"} <= spared  # "weight" of the LayerNorm / RMSNorm modules
+    decayed = [names[id(p)] for p in decay["params"]]
+    assert decayed and all(n.endswith("weight") for n in decayed)
+    assert not any("norm" in n for n in decayed)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    trainable = [p for p in agent.parameters() if p.requires_grad]
+    assert len(decay["params"]) + len(no_decay["params"]) == len(trainable), "every trainable parameter, once"
+    # A learned position table is an embedding: not decayed.
+    tf = small_agent(OBS, ACT, traj_encoder="transformer", n_layers=1)
+    gin_free = {id(p) for p in weight_decay_groups(tf, 0.1)[1]["params"]}
+    tables = [p for n, p in tf.named_parameters() if "pos_table" in n]
+    assert all(id(p) in gin_free for p in tables)
