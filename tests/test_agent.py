@@ -154,6 +154,19 @@ def test_binary_filter_reads_only_the_sign_of_the_advantage():
     assert not torch.allclose(agent.filter_weights(adv * 10), agent.filter_weights(adv))
 
 
+def test_filter_rate_is_the_share_of_positive_advantages_for_every_filter():
+    obs, act = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3)
+    batch = random_batch(obs, act, B=8, L=6, seed=3)
+    rates = {}
+    for f in ("binary", "exp", "leaky", "none"):
+        agent = small_agent(obs, act, seed=0, actor_filter=f)
+        agent.update_normalizer(batch)
+        rates[f] = _grads(agent, batch)[1]["filter_rate"]
+    assert 0.0 < rates["binary"] < 1.0, rates
+    # The advantages do not depend on the filter, so neither does their share above 0.
+    assert rates["exp"] == rates["none"] == rates["leaky"] == rates["binary"], rates
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_rewards_times_1000_leave_the_whole_update_unchanged(discrete):
     """Same batch, rewards x1000 and bin range x1000: identical labels, filter weights and gradients.

@@ -315,7 +315,7 @@ class Agent(nn.Module):
                 critic_loss=critic_loss.item(),
                 actor_loss=actor_loss.item(),
                 bc_loss=bc_loss.item(),
-                filter_rate=(weights > 0).float().mean().item() if self.actor_filter != "leaky" else (adv > 0).float().mean().item(),
+                filter_rate=(adv > 0).float().mean().item(),  # whatever the filter: the share of A > 0
                 advantage_mean=adv.mean().item(),
                 entropy=policy.entropy().mean().item(),
                 transitions=float(s.shape[0]),
