@@ -303,6 +303,21 @@ def test_state_none_means_init_state(cfg):
         assert_same(y_init, y_none, f"seed {seed}: state=None vs init_state")
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=CFG_IDS)
+def test_an_empty_sequence_gives_no_output_and_the_state_unchanged(cfg):
+    enc = build(cfg)
+    g = gen(7)
+    with torch.no_grad():
+        warm = warm_state(enc, BATCH, g)
+        snap = clone_state(warm)
+        y, s = enc(make_x(BATCH, 0, g), torch.zeros(BATCH, 0, dtype=torch.bool), warm)
+        assert tuple(y.shape) == (BATCH, 0, enc.d_out)
+        assert_state_unchanged(s, snap, "after an empty sequence")
+        y, s = enc(make_x(BATCH, 0, g), torch.zeros(BATCH, 0, dtype=torch.bool), None)
+        assert tuple(y.shape) == (BATCH, 0, enc.d_out)
+        assert_state_unchanged(s, enc.init_state(BATCH, device="cpu"), "from no state")
+
+
 # --------------------------------------------------------------------------- property 1: step == parallel
 
 

@@ -70,6 +70,11 @@ class TrajEncoder(nn.Module, abc.ABC):
         y, state = self(x_t.unsqueeze(1), reset_t.unsqueeze(1), state)
         return y.squeeze(1), state
 
+    def _empty_output(self, x: torch.Tensor, state: Optional[TrajState]) -> Tuple[torch.Tensor, TrajState]:
+        """The answer to an empty sequence (L = 0): no outputs, and the state as it came in."""
+        B = x.shape[0]
+        return x.new_zeros(B, 0, self.d_out), state if state is not None else self.init_state(B, x.device)
+
     def _check_inputs(self, x: torch.Tensor, resets: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.d_in:
             raise ValueError(

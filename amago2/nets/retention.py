@@ -124,6 +124,8 @@ class RetentionTrajEncoder(TrajEncoder):
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
         self._check_inputs(x, resets)
+        if x.shape[1] == 0:
+            return self._empty_output(x, state)
         if state is None:
             state = self.init_state(x.shape[0], x.device)
         pos, pos_next = positions_since_reset(resets, state["pos_next"])

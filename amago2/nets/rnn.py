@@ -33,6 +33,8 @@ class GRUTrajEncoder(TrajEncoder):
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
         self._check_inputs(x, resets)
+        if x.shape[1] == 0:
+            return self._empty_output(x, state)
         B, L, _ = x.shape
         if state is None:
             state = self.init_state(B, x.device)

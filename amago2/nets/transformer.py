@@ -120,6 +120,8 @@ class TransformerTrajEncoder(TrajEncoder):
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState], donate_state: bool
     ) -> Tuple[torch.Tensor, TrajState]:
         self._check_inputs(x, resets)
+        if x.shape[1] == 0:
+            return self._empty_output(x, state)
         B, L, _ = x.shape
         W = self.max_seq_len
         if state is None:
