@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amago2.nets.factory import reject_unknown_options
+from amago2.nets.options import reject_unknown_options
 from amago2.symlog import symlog
 
 Obs = Union[torch.Tensor, Dict[str, torch.Tensor]]
