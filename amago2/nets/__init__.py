@@ -8,10 +8,10 @@ from amago2.nets.mamba import MambaTrajEncoder
 from amago2.nets.retention import RetentionTrajEncoder
 from amago2.nets.rnn import FFTrajEncoder, GRUTrajEncoder
 from amago2.nets.transformer import TransformerTrajEncoder
+from amago2.nets.normalizer import RunningMeanStd
 from amago2.nets.tstep import (
     TSTEP_ENCODER_KINDS,
     MLPTstepEncoder,
-    RunningMeanStd,
     TstepEncoder,
     action_dim,
     auto_tstep_kind,
