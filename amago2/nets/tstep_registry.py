@@ -18,7 +18,7 @@ TSTEP_ENCODER_KINDS = ("mlp", "nature_cnn", "impala_cnn", "babyai")
 _AUTO_ORDER = ("babyai", "mlp", "impala_cnn")
 
 EncoderClass = TypeVar("EncoderClass", bound=type)
-_classes: Dict[str, type] = {}
+_class_of_kind: Dict[str, type] = {}
 
 
 def register_tstep_encoder(kind: str) -> Callable[[EncoderClass], EncoderClass]:
@@ -31,7 +31,7 @@ def register_tstep_encoder(kind: str) -> Callable[[EncoderClass], EncoderClass]:
         )
 
     def register(cls: EncoderClass) -> EncoderClass:
-        _classes[kind] = cls
+        _class_of_kind[kind] = cls
         return cls
 
     return register
@@ -39,7 +39,7 @@ def register_tstep_encoder(kind: str) -> Callable[[EncoderClass], EncoderClass]:
 
 def tstep_encoders() -> Dict[str, type]:
     """kind -> class (a `TstepEncoder` subclass), in the order of `TSTEP_ENCODER_KINDS`."""
-    return {kind: _classes[kind] for kind in TSTEP_ENCODER_KINDS}
+    return {kind: _class_of_kind[kind] for kind in TSTEP_ENCODER_KINDS}
 
 
 def auto_tstep_kind(obs_space: gym.Space) -> Optional[str]:
