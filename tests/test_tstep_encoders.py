@@ -260,7 +260,7 @@ def test_normalizer_is_checkpointed_and_stays_float64():
 def test_normalizer_cache_follows_every_change_of_the_statistics():
     """The normaliser caches its mean and std between calls; every way the statistics change
     (update, load_state_dict, an in-place Polyak copy) must show in its output at once."""
-    from amago2.nets.tstep import RunningMeanStd
+    from amago2.nets.normalizer import RunningMeanStd
 
     def expected(norm, x):
         var = norm.m2 / norm.count if norm.count > 0 else torch.ones_like(norm.m2)

@@ -33,7 +33,7 @@ from amago2.data.layout import TOKEN_KEYS
 from amago2.nets.base import TrajState
 from amago2.nets.factory import build_traj_encoder
 from amago2.nets.tstep import action_dim as space_action_dim
-from amago2.nets.tstep import build_tstep_encoder
+from amago2.nets.tstep_factory import build_tstep_encoder
 
 Batch = Dict[str, object]
 FILTERS = ("binary", "exp", "leaky", "none")

@@ -22,12 +22,14 @@ import torch
 from torch import nn
 
 from amago2.nets.tstep import Obs, TstepEncoder
+from amago2.nets.tstep_registry import register_tstep_encoder
 
 MISSION_POOLS = ("gru", "mean")
 _KEYS = ("image", "mission", "direction")
 _CHANNELS = (("object", "n_objects"), ("colour", "n_colors"), ("state", "n_states"))  # image channels
 
 
+@register_tstep_encoder("babyai")
 @gin.configurable
 class BabyAITstepEncoder(TstepEncoder):
     """Grid: each channel has its own embedding table, the three are summed per cell, then a

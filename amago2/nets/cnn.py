@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amago2.nets.tstep import TstepEncoder
+from amago2.nets.tstep_registry import register_tstep_encoder
 
 
 def guess_channels_last(shape: Tuple[int, ...]) -> bool:
@@ -112,6 +113,7 @@ class ImageTstepEncoder(TstepEncoder):
         return self.net(x.contiguous()).unflatten(0, (B, L))  # [B, L, d_obs]
 
 
+@register_tstep_encoder("nature_cnn")
 @gin.configurable
 class NatureCNNTstepEncoder(ImageTstepEncoder):
     """The DQN Nature CNN: conv 32x8x8/4, 64x4x4/2, 64x3x3/1, then a linear layer. For Atari
@@ -159,6 +161,7 @@ class _ResidualBlock(nn.Module):
         return x + self.conv2(F.relu(self.conv1(F.relu(x))))
 
 
+@register_tstep_encoder("impala_cnn")
 @gin.configurable
 class ImpalaCNNTstepEncoder(ImageTstepEncoder):
     """The IMPALA ResNet: per stage a 3x3 conv, a 3x3 stride-2 max-pool and two residual

@@ -9,6 +9,7 @@ import gin
 
 from amago2.nets.base import TrajEncoder
 from amago2.nets.mamba import MambaTrajEncoder
+from amago2.nets.options import reject_unknown_options
 from amago2.nets.retention import RetentionTrajEncoder
 from amago2.nets.rnn import FFTrajEncoder, GRUTrajEncoder
 from amago2.nets.transformer import TransformerTrajEncoder
@@ -29,16 +30,6 @@ def kind_options(kind: Union[str, Type[TrajEncoder]]) -> Dict[str, object]:
     cls = TRAJ_ENCODERS[kind] if isinstance(kind, str) else kind
     params = inspect.signature(cls.__init__).parameters
     return {name: p.default for name, p in params.items() if name not in _CONTRACT_ARGS}
-
-
-def reject_unknown_options(cls: type, given: Dict[str, object], valid: Dict[str, object]) -> None:
-    """TypeError naming the options `cls` does not take, and listing the ones it does (with defaults)."""
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise TypeError(
-            f"{cls.__name__} got unknown option(s) {unknown}; its options are "
-            + ", ".join(f"{k}={v!r}" for k, v in valid.items())
-        )
 
 
 @gin.configurable

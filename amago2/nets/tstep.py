@@ -1,4 +1,5 @@
-"""Timestep encoders: turn each token of the layout (see `amago2/data/layout.py`) into one vector.
+"""The timestep-encoder contract: `TstepEncoder` turns each token of the layout (see
+`amago2/data/layout.py`) into one vector.
 
     enc = build_tstep_encoder(obs_space, action_space, kind="auto", d_out=128, **options)
     x = enc(obs, prev_action, prev_reward, time, episode_start)   # -> [B, L, d_out]
@@ -14,21 +15,20 @@ class appends the features every meta-RL agent needs to infer the task in contex
 previous action, symlog(previous reward), the normalised time and the episode-start flag,
 and maps the concatenation to `d_out` with a small MLP. The output feeds the trajectory
 encoder (`amago2/nets/base.py`) as its `x`.
+
+The built-in kinds live in `mlp.py`, `cnn.py` and `babyai.py`; `tstep_registry.py` knows
+which kind reads which space, and `tstep_factory.py` builds them.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, Optional, Union
 
-import gin
 import gymnasium as gym
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from amago2.nets.factory import reject_unknown_options
+from amago2.nets.tstep_registry import wrong_encoder_message
 from amago2.symlog import symlog
 
 Obs = Union[torch.Tensor, Dict[str, torch.Tensor]]
@@ -45,76 +45,6 @@ def action_dim(action_space: gym.Space) -> int:
         "one-hot) or a rank-1 Box. Flatten other spaces in the env wrapper, e.g. map MultiDiscrete to "
         "one Discrete over all combinations, or a rank-2 Box to a rank-1 Box."
     )
-
-
-class RunningMeanStd(nn.Module):
-    """Running mean and variance of feature vectors, merged batch by batch (Chan et al.).
-
-    The statistics are float64 buffers, so they are saved in checkpoints and do not drift
-    over millions of updates. Casting the whole agent (`.half()`, `.to(torch.bfloat16)`)
-    moves them but keeps them float64.
-    """
-
-    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8):
-        super().__init__()
-        self.clip = clip
-        self.eps = eps
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
-
-    @property
-    def var(self) -> torch.Tensor:
-        # Before any data the normaliser is the identity (then clipping).
-        if self.count == 0:
-            return torch.ones_like(self.m2)
-        return self.m2 / self.count
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """x [N, dim]: one batch of feature vectors."""
-        if x.shape[0] == 0:
-            return
-        x = x.to(self.mean.device, torch.float64)
-        n_b = float(x.shape[0])
-        mean_b = x.mean(0)
-        m2_b = ((x - mean_b) ** 2).sum(0)
-        n_a = self.count.clone()
-        n = n_a + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * (n_b / n)
-        self.m2 += m2_b + delta**2 * (n_a * n_b / n)
-        self.count.fill_(n)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., dim] -> (x - mean) / std, clipped to [-clip, clip]; same dtype as x."""
-        mean, std = self._mean_std(x.dtype)
-        return ((x - mean) / std).clamp(-self.clip, self.clip)
-
-    def _mean_std(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """mean and std in `dtype`, recomputed only when the statistics changed.
-
-        Rollouts normalise a few observations per step, where converting the float64
-        statistics every call costs more than the normalisation. The key holds the buffers'
-        identities and in-place version counters, so `update`, `load_state_dict`, a Polyak
-        copy or a device move all invalidate it.
-        """
-        buffers = (self.count, self.mean, self.m2)
-        key = (dtype, torch.is_inference_mode_enabled(), tuple(b._version for b in buffers))
-        cached = getattr(self, "_cached", None)
-        if cached is None or cached[0] != key or any(old is not b for old, b in zip(cached[1], buffers)):
-            mean = self.mean.to(dtype)
-            std = torch.sqrt(self.var + self.eps).to(dtype)
-            cached = self._cached = (key, buffers, mean, std)
-        return cached[2], cached[3]
-
-    def _apply(self, fn, recurse=True):
-        # Learn the target device from a probe and move the buffers there without their dtype changing.
-        device = fn(torch.zeros(())).device
-        for name, buf in self._buffers.items():
-            if buf is not None:
-                self._buffers[name] = buf.to(device)
-        return self
 
 
 class TstepEncoder(nn.Module):
@@ -145,7 +75,7 @@ class TstepEncoder(nn.Module):
         super().__init__()
         reason = type(self).check_space(obs_space)
         if reason is not None:
-            raise ValueError(_wrong_encoder_message(type(self), obs_space, reason))
+            raise ValueError(wrong_encoder_message(type(self), obs_space, reason))
         if min(d_out, max_time, d_hidden) < 1 or head_layers < 0:
             raise ValueError(
                 f"d_out, max_time and d_hidden must be positive and head_layers >= 0, got d_out={d_out}, "
@@ -251,241 +181,3 @@ class TstepEncoder(nn.Module):
         # The head's first Linear, not next(self.parameters()): this runs at every rollout step,
         # and walking the module tree costs more than the normalisation it serves.
         return self.head[0].weight.dtype
-
-
-# --------------------------------------------------------------------------- MLP encoder
-
-
-def _flat_dim(space: gym.Space) -> int:
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    return int(np.prod(space.shape))
-
-
-def _check_flat_part(key: str, space: gym.Space, top_level: bool) -> Optional[str]:
-    if isinstance(space, gym.spaces.Box):
-        if top_level and len(space.shape) != 1:
-            hint = (
-                "it looks like an image: use an image encoder"
-                if len(space.shape) == 3
-                else "flatten it with gymnasium.wrappers.FlattenObservation"
-            )
-            return f"the MLP encoder takes a rank-1 Box, got rank {len(space.shape)} ({hint})"
-        return None
-    if isinstance(space, gym.spaces.Discrete):
-        return None
-    if isinstance(space, gym.spaces.MultiBinary):
-        return None
-    where = "the observation" if top_level else f"entry {key!r}"
-    return (
-        f"{where} is {type(space).__name__}, which the MLP encoder does not read; it reads Box, Discrete "
-        "and MultiBinary (and a flat Dict of them)"
-    )
-
-
-@gin.configurable
-class MLPTstepEncoder(TstepEncoder):
-    """Vector observations: a rank-1 Box, Discrete, MultiBinary, or a flat Dict of them.
-
-    Features: the Box entries flattened (any rank), then the Discrete entries one-hot and the
-    MultiBinary entries as 0/1, each group in the space's key order. With `normalize`, the Box part is standardised by
-    running statistics (`update_normalizer`) and clipped to [-clip, clip]; one-hot and binary
-    parts are already on a fixed scale and pass through.
-
-    Args:
-        normalize: standardise the Box features with running statistics.
-        clip: clip normalised features to [-clip, clip].
-        (and the shared options of `TstepEncoder`)
-    """
-
-    def __init__(
-        self,
-        obs_space: gym.Space,
-        action_space: gym.Space,
-        d_out: int = 128,
-        normalize: bool = True,
-        clip: float = 10.0,
-        **shared,
-    ):
-        super().__init__(obs_space, action_space, d_out, **shared)
-        self.is_dict = isinstance(obs_space, gym.spaces.Dict)
-        parts = obs_space.spaces if self.is_dict else {None: obs_space}
-        self.box_keys: List = [k for k, s in parts.items() if isinstance(s, gym.spaces.Box)]
-        self.other_keys: List = [k for k, s in parts.items() if not isinstance(s, gym.spaces.Box)]
-        self.part_spaces = dict(parts)
-        self.d_box = sum(_flat_dim(parts[k]) for k in self.box_keys)
-        d_obs = self.d_box + sum(_flat_dim(parts[k]) for k in self.other_keys)
-        self.normalize = normalize
-        self.normalizer = RunningMeanStd(self.d_box, clip=clip) if normalize and self.d_box else None
-        self._build_head(d_obs)
-
-    @classmethod
-    def check_space(cls, obs_space: gym.Space) -> Optional[str]:
-        if isinstance(obs_space, gym.spaces.Dict):
-            if len(obs_space.spaces) == 0:
-                return "the Dict is empty"
-            for key, space in obs_space.spaces.items():
-                reason = _check_flat_part(key, space, top_level=False)
-                if reason is not None:
-                    return reason
-            return None
-        return _check_flat_part("", obs_space, top_level=True)
-
-    def _part(self, obs: Obs, key) -> torch.Tensor:
-        if not self.is_dict:
-            return obs
-        if not isinstance(obs, dict) or key not in obs:
-            got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
-            raise ValueError(f"{type(self).__name__} expects obs as a dict with keys {list(self.part_spaces)}, got {got}")
-        return obs[key]
-
-    def _box_features(self, obs: Obs) -> torch.Tensor:
-        """[B, L, d_box] float, before normalisation."""
-        dtype = self._param_dtype()
-        feats = []
-        for key in self.box_keys:
-            x, shape = self._part(obs, key), self.part_spaces[key].shape
-            if tuple(x.shape[2:]) != tuple(shape):
-                raise ValueError(f"obs{'' if key is None else f'[{key!r}]'} must be [batch, length, *{shape}], got {tuple(x.shape)}")
-            feats.append(x.flatten(2).to(dtype))
-        return torch.cat(feats, dim=-1)
-
-    def _other_features(self, obs: Obs) -> List[torch.Tensor]:
-        dtype = self._param_dtype()
-        feats = []
-        for key in self.other_keys:
-            x, space = self._part(obs, key), self.part_spaces[key]
-            if isinstance(space, gym.spaces.Discrete):
-                if x.dim() == 3 and x.shape[-1] == 1:
-                    x = x.squeeze(-1)
-                feats.append(F.one_hot((x.long() - int(space.start)), int(space.n)).to(dtype))
-            else:  # MultiBinary
-                feats.append(x.flatten(2).to(dtype))
-        return feats
-
-    @torch.no_grad()
-    def update_normalizer(self, obs: Obs, mask: torch.Tensor) -> None:
-        if self.normalizer is None:
-            return
-        x = self._box_features(obs)  # [B, L, d_box]
-        if mask.shape != x.shape[:2]:
-            raise ValueError(f"mask must have shape [batch, length] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        self.normalizer.update(x[mask.bool()])
-
-    def encode_obs(self, obs: Obs) -> torch.Tensor:
-        feats = []
-        if self.box_keys:
-            x = self._box_features(obs)
-            feats.append(self.normalizer(x) if self.normalizer is not None else x)
-        feats += self._other_features(obs)
-        return torch.cat(feats, dim=-1)
-
-
-# --------------------------------------------------------------------------- factory
-
-TSTEP_ENCODER_KINDS = ("mlp", "nature_cnn", "impala_cnn", "babyai")
-# What "auto" tries, in order: the most specific encoder first.
-_AUTO_ORDER = ("babyai", "mlp", "impala_cnn")
-_CONTRACT_ARGS = ("self", "obs_space", "action_space", "d_out")
-
-
-def tstep_encoders() -> Dict[str, Type[TstepEncoder]]:
-    """kind -> class. Imported here, not at the top, because those modules subclass TstepEncoder."""
-    from amago2.nets.babyai import BabyAITstepEncoder
-    from amago2.nets.cnn import ImpalaCNNTstepEncoder, NatureCNNTstepEncoder
-
-    return {
-        "mlp": MLPTstepEncoder,
-        "nature_cnn": NatureCNNTstepEncoder,
-        "impala_cnn": ImpalaCNNTstepEncoder,
-        "babyai": BabyAITstepEncoder,
-    }
-
-
-def tstep_kind_options(kind: Union[str, Type[TstepEncoder]]) -> Dict[str, object]:
-    """The options of an encoder (its own, then the shared ones) and their defaults."""
-    cls = tstep_encoders()[kind] if isinstance(kind, str) else kind
-    options: Dict[str, object] = {}
-    # Walk the class hierarchy: subclasses pass their parents' options on through **kwargs.
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or not issubclass(klass, TstepEncoder):
-            continue
-        for name, p in inspect.signature(klass.__init__).parameters.items():
-            if name not in _CONTRACT_ARGS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                options.setdefault(name, p.default)
-    return options
-
-
-def auto_tstep_kind(obs_space: gym.Space) -> Optional[str]:
-    """The kind "auto" picks for `obs_space`, or None if no built-in encoder reads it."""
-    classes = tstep_encoders()
-    for kind in _AUTO_ORDER:
-        if classes[kind].accepts(obs_space):
-            return kind
-    return None
-
-
-def _space_hint(obs_space: gym.Space) -> str:
-    if isinstance(obs_space, gym.spaces.Text):
-        return (
-            "Text observations must be tokenised by the env wrapper into a rank-1 integer Box "
-            "(see amago2.envs.babyai_text.tokenize_mission)."
-        )
-    if isinstance(obs_space, gym.spaces.Tuple):
-        return "Turn the Tuple into a Dict in the env wrapper (one key per entry)."
-    if isinstance(obs_space, gym.spaces.Dict) and any(
-        isinstance(s, (gym.spaces.Dict, gym.spaces.Tuple)) for s in obs_space.spaces.values()
-    ):
-        return "Nested spaces are not read: flatten the Dict in the env wrapper."
-    if isinstance(obs_space, gym.spaces.MultiDiscrete):
-        return "Give it to the encoder as a Dict of Discrete entries, or as a Box."
-    return "Convert it in the env wrapper, or subclass amago2.nets.TstepEncoder."
-
-
-def _wrong_encoder_message(cls: Type[TstepEncoder], obs_space: gym.Space, reason: str) -> str:
-    msg = f"{cls.__name__} cannot encode observation space {obs_space}: {reason}."
-    fit = auto_tstep_kind(obs_space)
-    if fit is not None:
-        msg += f" The encoder that fits this space is kind={fit!r} ({tstep_encoders()[fit].__name__})."
-    else:
-        msg += " No built-in timestep encoder reads this space. " + _space_hint(obs_space)
-    return msg
-
-
-@gin.configurable
-def build_tstep_encoder(
-    obs_space: gym.Space,
-    action_space: gym.Space,
-    kind: Union[str, Type[TstepEncoder]] = "auto",
-    d_out: int = 128,
-    **options,
-) -> TstepEncoder:
-    """Build a timestep encoder by name ("auto" picks one from the space), or from your own class.
-
-    `options` go to the encoder class (see `tstep_kind_options(kind)`); gin bindings on
-    the class apply too.
-    """
-    classes = tstep_encoders()
-    if isinstance(kind, type):
-        if not issubclass(kind, TstepEncoder):
-            raise TypeError(f"a custom encoder class must subclass amago2.nets.TstepEncoder, got {kind.__name__}")
-        cls = kind
-    elif kind == "auto":
-        fit = auto_tstep_kind(obs_space)
-        if fit is None:
-            raise ValueError(
-                f"no timestep encoder reads observation space {obs_space}. "
-                + "; ".join(f"{k}: {c.check_space(obs_space)}" for k, c in classes.items())
-                + ". "
-                + _space_hint(obs_space)
-            )
-        cls = classes[fit]
-    elif kind in classes:
-        cls = classes[kind]
-    else:
-        raise ValueError(
-            f"unknown timestep encoder kind {kind!r}; valid kinds are {['auto', *TSTEP_ENCODER_KINDS]} "
-            "(or pass a TstepEncoder subclass)"
-        )
-    reject_unknown_options(cls, options, tstep_kind_options(cls))
-    return cls(obs_space, action_space, d_out=d_out, **options)
