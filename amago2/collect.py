@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from amago2.data.replay import ReplayStore, to_torch
-from amago2.data.trajectory_file import SegmentWriter
+from amago2.data.segments import SegmentWriter
 
 
 def _row(batch: Dict[str, Any], i: int) -> Dict[str, Any]:

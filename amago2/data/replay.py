@@ -1,6 +1,6 @@
 """The replay store on disk and the sampler of training sequences.
 
-A `ReplayStore` is a set of directories of trajectory files (format: `trajectory_file.py`,
+A `ReplayStore` is a set of directories of trajectory files (format: `trajectory_format.py`,
 docs/replay.md):
 
 * `<dir>/fifo`: what the agent collects. When the trajectories in it hold more than
@@ -45,18 +45,15 @@ import numpy as np
 import torch
 
 from amago2.data.layout import TRAJECTORY_KEYS
-from amago2.data.trajectory_file import (
+from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
+from amago2.data.segments import SegmentWriter, write_segments
+from amago2.data.trajectory_format import (
     OBS_PREFIX,
     CorruptTrajectoryError,
-    SegmentWriter,
-    TrajectoryFile,
-    cleanup_temp_files,
     is_trajectory_filename,
-    load_trajectory,
     parse_trajectory_filename,
-    save_trajectory,
-    write_segments,
 )
+from amago2.data.trajectory_reader import TrajectoryFile, load_trajectory
 
 PathLike = Union[str, Path]
 Batch = Dict[str, Any]
