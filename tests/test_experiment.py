@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from amago2.checkpoint import checkpoint_paths
-from amago2.data.replay import ReplayStore, load_trajectory
+from amago2.data.replay import ReplayStore
+from amago2.data.trajectory_reader import load_trajectory
 from amago2.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
