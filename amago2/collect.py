@@ -15,8 +15,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from amago2.data.replay import ReplayStore, to_torch
-from amago2.data.trajectory_file import SegmentWriter
+from amago2.data.replay import ReplayStore
+from amago2.data.segments import SegmentWriter
+from amago2.data.torch_batches import to_torch
 
 
 def _row(batch: Dict[str, Any], i: int) -> Dict[str, Any]:

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from amago2.agent import Agent
 from amago2.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from amago2.collect import Collector, TrialStats
-from amago2.data import Prefetcher, ReplayStore
+from amago2.data.replay import ReplayStore
+from amago2.data.torch_batches import Prefetcher
 from amago2.envs.pool import make_pool
 from amago2.evaluation import evaluate_policy
 from amago2.learner import Learner, NonFiniteLossError

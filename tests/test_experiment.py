@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from amago2.checkpoint import checkpoint_paths
-from amago2.data.replay import ReplayStore, load_trajectory
+from amago2.data.replay import ReplayStore
+from amago2.data.trajectory_reader import load_trajectory
 from amago2.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_a_nan_reward_from_the_env_is_refused_by_name():
 
 def test_a_nan_loss_stops_the_run_with_a_message(tmp_path, clean_gin):
     """A dataset holding a NaN reward (e.g. written by a buggy script) makes the loss NaN."""
-    from amago2.data.trajectory_file import save_trajectory
+    from amago2.data.atomic_writer import save_trajectory
     from amago2.experiment import Experiment, NonFiniteLossError
 
     data = tmp_path / "data"

@@ -1,4 +1,4 @@
-"""The trajectory file format, the replay store and its sampler (amago2/data/replay.py)."""
+"""The trajectory file format, the replay store and its sampler (amago2/data/)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from amago2.data import (
     to_torch,
     write_segments,
 )
-from amago2.data.trajectory_file import _temp_name
+from amago2.data.atomic_writer import _temp_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,7 +178,7 @@ def test_temp_files_are_invisible_and_cleaned(tmp_path):
 
 CHILD = r"""
 import sys, numpy as np
-from amago2.data.trajectory_file import save_trajectory
+from amago2.data.atomic_writer import save_trajectory
 T = 600
 traj = dict(
     obs=np.random.default_rng(0).integers(0, 256, (T + 1, 64, 64, 3), dtype=np.uint8),

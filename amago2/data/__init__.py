@@ -1,19 +1,10 @@
+from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS
-from amago2.data.replay import Prefetcher, ReplayDataset, ReplayStore, ReplayWarning, to_torch
-from amago2.data.trajectory_file import (
-    FORMAT_VERSION,
-    CorruptTrajectoryError,
-    SegmentWriter,
-    TrajectoryFile,
-    check_trajectory,
-    cleanup_temp_files,
-    load_trajectory,
-    load_trajectory_with_meta,
-    read_metadata,
-    save_trajectory,
-    split_segments,
-    write_segments,
-)
+from amago2.data.replay import ReplayStore, ReplayWarning
+from amago2.data.segments import SegmentWriter, split_segments, write_segments
+from amago2.data.torch_batches import Prefetcher, ReplayDataset, to_torch
+from amago2.data.trajectory_format import FORMAT_VERSION, CorruptTrajectoryError, check_trajectory
+from amago2.data.trajectory_reader import TrajectoryFile, load_trajectory, load_trajectory_with_meta, read_metadata
 
 __all__ = [
     "BATCH_KEYS",

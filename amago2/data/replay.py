@@ -1,6 +1,6 @@
-"""The replay store on disk and the sampler of training sequences.
+"""The replay store: an index of trajectory files on disk, FIFO eviction and protected directories.
 
-A `ReplayStore` is a set of directories of trajectory files (format: `trajectory_file.py`,
+A `ReplayStore` is a set of directories of trajectory files (format: `trajectory_format.py`,
 docs/replay.md):
 
 * `<dir>/fifo`: what the agent collects. When the trajectories in it hold more than
@@ -17,54 +17,36 @@ corrupt or foreign is skipped with one warning naming it; a file that disappears
 another process) is dropped silently. Training never crashes on either.
 
 `sample(batch_size, seq_len, rng)` draws windows of seq_len + 1 tokens uniformly over all
-stored transitions: a window's first token is uniform over every transition of every file,
-so a file is picked with probability proportional to its length. Windows that run past a
-trajectory's end are zero-padded with mask False (see layout.py for the batch layout).
+stored transitions; the store's `WindowSampler` (sampler.py) chooses the windows and reads
+them through its cache. `torch_batches.py` turns samples into torch batches off the
+training thread.
 
-Reading is fast without loading whole files: an uncompressed file's header (where each array
-lies) is parsed once and cached, and each window is read with one `pread` per array straight
-into the batch (read_mode="window"). Compressed files, or every file with read_mode="load",
-are loaded whole into an LRU cache bounded by `cache_bytes`. `ReplayDataset` (a torch
-IterableDataset, for DataLoader workers) and `Prefetcher` (background threads) turn samples
-into torch batches off the training thread.
+This module is longer than the others (about 500 lines) because it is one class: the index,
+its refresh, eviction, writes into the fifo, the checkpointed fifo order and the copies for
+workers all read and change the same index under the same lock.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import numpy as np
-import torch
 
-from amago2.data.layout import TRAJECTORY_KEYS
-from amago2.data.trajectory_file import (
-    OBS_PREFIX,
-    CorruptTrajectoryError,
-    SegmentWriter,
-    TrajectoryFile,
-    cleanup_temp_files,
-    is_trajectory_filename,
-    load_trajectory,
-    parse_trajectory_filename,
-    save_trajectory,
-    write_segments,
-)
+from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
+from amago2.data.sampler import Batch, Snapshot, WindowSampler
+from amago2.data.segments import SegmentWriter, write_segments
+from amago2.data.trajectory_format import CorruptTrajectoryError, is_trajectory_filename, parse_trajectory_filename
 
 PathLike = Union[str, Path]
-Batch = Dict[str, Any]
-"""BATCH_KEYS -> arrays [B, L+1, ...] (obs may be a dict of such arrays)."""
 
 _STATE_VERSION = 1
-_READ_MODES = ("window", "load")
-_HEADER_NBYTES = 2048  # rough in-memory size of a parsed header, for the cache budget
 
 
 class ReplayWarning(UserWarning):
@@ -80,26 +62,6 @@ class _Entry:
         self.path = path
         self.length = length  # transitions T
         self.protected = protected
-
-
-class _LoadedTrajectory:
-    """A whole trajectory in memory, flat keys ("obs" or "obs/<k>", ...) -> arrays [T+1, ...]."""
-
-    __slots__ = ("path", "length", "arrays")
-
-    def __init__(self, path: Path, traj: Mapping[str, Any]):
-        self.path = path
-        self.length = len(traj["terminal"]) - 1
-        obs = traj["obs"]
-        self.arrays = {OBS_PREFIX + k: v for k, v in obs.items()} if isinstance(obs, Mapping) else {"obs": obs}
-        self.arrays.update({k: traj[k] for k in TRAJECTORY_KEYS[1:]})
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
-    def row_info(self) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
-        return {k: (a.shape[1:], a.dtype) for k, a in self.arrays.items()}
 
 
 def _walk(root: Path, recursive: bool) -> Tuple[List[str], List[str]]:
@@ -174,8 +136,8 @@ class ReplayStore:
     ):
         if capacity_timesteps < 0:
             raise ValueError(f"capacity_timesteps must be >= 0 (0: no fifo), got {capacity_timesteps}")
-        if read_mode not in _READ_MODES:
-            raise ValueError(f"read_mode must be one of {_READ_MODES}, got {read_mode!r}")
+        # Made first: it refuses a bad read_mode before any directory is looked at, as before.
+        self._sampler = WindowSampler(read_mode, cache_bytes)
         if capacity_timesteps > 0 and dir is None:
             raise ValueError("capacity_timesteps > 0 needs `dir` for the fifo directory (<dir>/fifo)")
         self.root = None if dir is None else Path(dir)
@@ -194,8 +156,6 @@ class ReplayStore:
                     raise ValueError(f"protected dir {p} and the fifo dir {self.fifo_dir} overlap; keep them apart")
         if self.fifo_dir is None and not self.protected_dirs:
             raise ValueError("a ReplayStore needs a fifo (dir and capacity_timesteps > 0) or protected_dirs")
-        self.read_mode = read_mode
-        self.cache_bytes = int(cache_bytes)
         self.auto_refresh_s = auto_refresh_s
         self.protected_refresh_s = protected_refresh_s
         self._last_protected_scan = float("-inf")
@@ -204,8 +164,7 @@ class ReplayStore:
         self.readonly = readonly
         self.stale_temp_s = stale_temp_s
 
-        self._lock = threading.RLock()  # guards the index, counters and spec
-        self._cache_lock = threading.Lock()
+        self._lock = threading.RLock()  # guards the index and counters
         self._init_runtime_state()
         self._fifo: "OrderedDict[str, _Entry]" = OrderedDict()  # oldest first
         self._protected: Dict[str, _Entry] = {}
@@ -214,8 +173,6 @@ class ReplayStore:
         self._protected_steps = 0
         self.added_files = self.added_timesteps = 0  # fifo files registered (ever, across resumes)
         self.evicted_files = self.evicted_timesteps = 0
-        self._spec: Optional[Dict[str, Tuple[Tuple[int, ...], np.dtype]]] = None  # flat key -> (row shape, dtype)
-        self._spec_source: Optional[str] = None
         if self.fifo_dir is not None and not readonly:
             self.fifo_dir.mkdir(parents=True, exist_ok=True)
         if not readonly:
@@ -225,8 +182,6 @@ class ReplayStore:
         self.refresh(protected=True)
 
     def _init_runtime_state(self) -> None:
-        self._cache: "OrderedDict[str, Tuple[Any, int]]" = OrderedDict()
-        self._cache_used = 0
         self._snapshot: Optional[Tuple[List[_Entry], np.ndarray, np.ndarray]] = None
         self._last_refresh = float("-inf")
 
@@ -252,6 +207,19 @@ class ReplayStore:
     @property
     def protected_timesteps(self) -> int:
         return self._protected_steps
+
+    @property
+    def read_mode(self) -> str:
+        return self._sampler.read_mode
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._sampler.cache_bytes
+
+    @property
+    def _cache_used(self) -> int:
+        # Bytes in the sampler's read cache, under the name it had when the store held the cache itself.
+        return self._sampler.cache_used
 
     def __len__(self) -> int:
         return self.num_files
@@ -316,7 +284,7 @@ class ReplayStore:
         if parsed is not None:
             return parsed[1]
         try:  # a name we did not make: read its header (checked again when sampled)
-            return self._source(path).length
+            return self._sampler.source(path).length
         except FileNotFoundError:
             return None
         except CorruptTrajectoryError as err:
@@ -341,7 +309,7 @@ class ReplayStore:
         else:
             self._fifo_steps -= entry.length
         self._snapshot = None
-        self._cache_pop(entry.path)
+        self._sampler.forget(entry.path)
 
     def _drop(self, entry: _Entry, err: Optional[CorruptTrajectoryError]) -> None:
         """Remove an entry found missing (err None) or unusable at read time."""
@@ -448,111 +416,13 @@ class ReplayStore:
 
     # ------------------------------------------------------------------------- reading
 
-    def _cache_get(self, path: str) -> Any:
-        with self._cache_lock:
-            item = self._cache.get(path)
-            if item is not None:
-                self._cache.move_to_end(path)
-                return item[0]
-        return None
-
-    def _cache_put(self, path: str, obj: Any, nbytes: int) -> None:
-        if nbytes > self.cache_bytes:
-            return  # larger than the whole budget: used once, never cached
-        with self._cache_lock:
-            old = self._cache.pop(path, None)
-            if old is not None:
-                self._cache_used -= old[1]
-            self._cache[path] = (obj, nbytes)
-            self._cache_used += nbytes
-            while self._cache_used > self.cache_bytes:
-                _, (_, n) = self._cache.popitem(last=False)
-                self._cache_used -= n
-
-    def _cache_pop(self, path: str) -> None:
-        with self._cache_lock:
-            old = self._cache.pop(path, None)
-            if old is not None:
-                self._cache_used -= old[1]
-
-    def _source(self, path: str) -> Union[TrajectoryFile, _LoadedTrajectory]:
-        """A readable form of the file: its parsed header (window reads) or its loaded arrays."""
-        src = self._cache_get(path)
-        if src is not None:
-            return src
-        src = TrajectoryFile.open(path) if self.read_mode == "window" else None
-        if src is not None and src.mappable:
-            nbytes = _HEADER_NBYTES + sum(f.nbytes for f in src.flags.values())
-        else:
-            src = _LoadedTrajectory(Path(path), load_trajectory(path))
-            nbytes = src.nbytes
-        self._check_spec(path, src.row_info())
-        self._cache_put(path, src, nbytes)
-        return src
-
     def preload(self) -> int:
         """Read every indexed file into the store's cache (headers, or whole files with read_mode="load").
 
         For an offline dataset that fits in `cache_bytes`: the first batches are then as fast
         as the rest. Unusable files are skipped as in `sample`. Returns the number of files read.
         """
-        done = 0
-        for entry in list(self._index_snapshot()[0]):
-            try:
-                _, fd = self._open_checked(entry)
-            except FileNotFoundError:
-                self._drop(entry, None)
-                continue
-            except CorruptTrajectoryError as err:
-                self._drop(entry, err)
-                continue
-            if fd is not None:
-                os.close(fd)
-            done += 1
-        return done
-
-    def _check_spec(self, path: str, info: Dict[str, Tuple[Tuple[int, ...], np.dtype]]) -> None:
-        """Every file of a store must give batches of one shape: the first file read sets it."""
-        with self._lock:
-            if self._spec is None:
-                self._spec, self._spec_source = info, path
-                return
-            spec = self._spec
-        problems = []
-        if set(info) != set(spec):
-            problems.append(f"arrays {sorted(info)} instead of {sorted(spec)}")
-        else:
-            for key, (shape, dtype) in info.items():
-                want_shape, want_dtype = spec[key]
-                if shape != want_shape:
-                    problems.append(f"{key} rows of shape {shape} instead of {want_shape}")
-                elif dtype != want_dtype and not np.can_cast(dtype, want_dtype, "same_kind"):
-                    problems.append(f"{key} of dtype {dtype}, which does not cast to {want_dtype}")
-        if problems:
-            raise CorruptTrajectoryError(
-                path, f"does not match the store's first file {self._spec_source}: " + "; ".join(problems)
-            )
-
-    def _open_checked(self, entry: _Entry) -> Tuple[Union[TrajectoryFile, _LoadedTrajectory], Optional[int]]:
-        """The entry's source, and an open fd for window reads (None for loaded arrays)."""
-        src = self._source(entry.path)
-        if src.length != entry.length:
-            raise CorruptTrajectoryError(entry.path, f"holds {src.length} transitions but its name says {entry.length}")
-        if isinstance(src, _LoadedTrajectory):
-            return src, None
-        fd = os.open(entry.path, os.O_RDONLY)
-        try:
-            st = os.fstat(fd)
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != src.stat_key:
-                # The name now holds a different file (rewritten in place): parse it again.
-                self._cache_pop(entry.path)
-                src = self._source(entry.path)
-                if (st.st_ino, st.st_size, st.st_mtime_ns) != src.stat_key or src.length != entry.length:
-                    raise FileNotFoundError(entry.path)  # still changing under us: treat as gone
-            return src, fd
-        except BaseException:
-            os.close(fd)
-            raise
+        return self._sampler.preload(self._index_snapshot()[0], self._drop)
 
     def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> Batch:
         """Draw batch_size windows of seq_len + 1 tokens.
@@ -570,90 +440,16 @@ class ReplayStore:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         if self.auto_refresh_s is not None and time.monotonic() - self._last_refresh >= self.auto_refresh_s:
             self.refresh()
-        n_tokens = seq_len + 1
-        out: Optional[Dict[str, np.ndarray]] = None
-        pending = np.arange(batch_size)
-        while len(pending):
-            entries, lengths, cum = self._index_snapshot()
-            if not entries:
-                raise RuntimeError(
-                    f"the replay store has no usable trajectories to sample ({self!r}); collect data first "
-                    "or check the warnings about skipped files"
-                )
-            g = rng.integers(0, cum[-1], size=len(pending))  # a global transition index
-            file_idx = np.searchsorted(cum, g, side="right")
-            last_start = np.maximum(lengths[file_idx] - seq_len, 0)
-            starts = rng.integers(0, last_start + 1)
-            order = np.argsort(file_idx, kind="stable")
-            failed: List[int] = []
-            i = 0
-            while i < len(order):  # one group of slots per file, so each file is opened once
-                j = i
-                while j < len(order) and file_idx[order[j]] == file_idx[order[i]]:
-                    j += 1
-                entry = entries[file_idx[order[i]]]
-                slots = [(int(pending[k]), int(starts[k])) for k in order[i:j]]
-                i = j
-                try:
-                    src, fd = self._open_checked(entry)
-                except FileNotFoundError:
-                    self._drop(entry, None)
-                    failed += [b for b, _ in slots]
-                    continue
-                except CorruptTrajectoryError as err:
-                    self._drop(entry, err)
-                    failed += [b for b, _ in slots]
-                    continue
-                if out is None:
-                    out = self._allocate(batch_size, n_tokens)
-                try:
-                    self._fill(src, fd, slots, out, n_tokens)
-                except CorruptTrajectoryError as err:
-                    self._drop(entry, err)
-                    failed += [b for b, _ in slots]  # redrawn: their rows are written again from scratch
-                finally:
-                    if fd is not None:
-                        os.close(fd)
-            pending = np.asarray(failed, dtype=np.int64)
-        return self._unflatten(out)
+        return self._sampler.sample(batch_size, seq_len, rng, self._nonempty_snapshot, self._drop)
 
-    def _allocate(self, batch_size: int, n_tokens: int) -> Dict[str, np.ndarray]:
-        with self._lock:
-            spec = dict(self._spec)
-        # Uninitialized: _fill writes every row of every slot (data, then zero padding), so
-        # zeroing here would be a second pass over a batch that can be hundreds of MiB.
-        out = {k: np.empty((batch_size, n_tokens) + shape, dtype=dtype) for k, (shape, dtype) in spec.items()}
-        out["mask"] = np.empty((batch_size, n_tokens), dtype=np.bool_)
-        return out
-
-    @staticmethod
-    def _fill(src, fd: Optional[int], slots: List[Tuple[int, int]], out: Dict[str, np.ndarray], n_tokens: int) -> None:
-        keys = [k for k in out if k != "mask"]
-        mask = out["mask"]
-        for b, start in slots:
-            n = min(n_tokens, src.length + 1 - start)
-            if fd is None:
-                for k in keys:
-                    out[k][b, :n] = src.arrays[k][start : start + n]
-            else:
-                for k in keys:
-                    src.read_rows(fd, k, start, out[k][b, :n])
-            mask[b, :n] = True
-            if n < n_tokens:  # past the trajectory's end: zeros, masked out
-                for k in keys:
-                    out[k][b, n:] = 0
-                mask[b, n:] = False
-
-    @staticmethod
-    def _unflatten(flat: Dict[str, np.ndarray]) -> Batch:
-        batch: Batch = {}
-        if "obs" in flat:
-            batch["obs"] = flat["obs"]
-        else:
-            batch["obs"] = {k[len(OBS_PREFIX) :]: v for k, v in sorted(flat.items()) if k.startswith(OBS_PREFIX)}
-        for k in TRAJECTORY_KEYS[1:] + ("mask",):
-            batch[k] = flat[k]
-        return batch
+    def _nonempty_snapshot(self) -> Snapshot:
+        snapshot = self._index_snapshot()
+        if not snapshot[0]:
+            raise RuntimeError(
+                f"the replay store has no usable trajectories to sample ({self!r}); collect data first "
+                "or check the warnings about skipped files"
+            )
+        return snapshot
 
     # ------------------------------------------------------------------------- checkpoints
 
@@ -700,12 +496,13 @@ class ReplayStore:
     # ------------------------------------------------------------------------- copies for workers
 
     def __getstate__(self) -> Dict[str, Any]:
-        # Pickled for a DataLoader worker (spawn): a readonly copy of the index, no locks or cache.
+        # Pickled for a DataLoader worker (spawn): a readonly copy of the index, no locks, an empty cache.
         with self._lock:
             return self._copy_state()
 
     def _copy_state(self) -> Dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache_lock", "_cache", "_snapshot")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_snapshot")}
+        state["_sampler"] = self._sampler.empty_copy()
         state["_fifo"] = OrderedDict(self._fifo)
         state["_protected"] = dict(self._protected)
         state["_bad"] = set(self._bad)
@@ -715,7 +512,6 @@ class ReplayStore:
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
-        self._cache_lock = threading.Lock()
         self._init_runtime_state()
 
     def readonly_copy(self) -> "ReplayStore":
@@ -727,161 +523,3 @@ class ReplayStore:
         copy = object.__new__(type(self))
         copy.__setstate__(self._copy_state())
         return copy
-
-
-# ----------------------------------------------------------------------------- torch
-
-
-def to_torch(
-    batch: Mapping[str, Any], device: Union[str, torch.device, None] = None, non_blocking: bool = False
-) -> Dict[str, Any]:
-    """numpy batch -> torch tensors (sharing memory on CPU), moved to device; dict obs stays a dict."""
-
-    def convert(x):
-        if isinstance(x, Mapping):
-            return {k: convert(v) for k, v in x.items()}
-        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
-        return t if device is None else t.to(device, non_blocking=non_blocking)
-
-    return {k: convert(v) for k, v in batch.items()}
-
-
-def _pin(batch: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: (_pin(v) if isinstance(v, dict) else v.pin_memory()) for k, v in batch.items()}
-
-
-class ReplayDataset(torch.utils.data.IterableDataset):
-    """Endless torch batches from a ReplayStore, for `DataLoader(dataset, batch_size=None, num_workers=k)`.
-
-    Each worker samples from its own readonly copy of the store (refreshed every
-    store.auto_refresh_s) with its own random stream: SeedSequence([seed, torch's worker
-    seed]), so workers never repeat each other's draws, and runs are reproducible under
-    torch.manual_seed when `seed` is given. num_batches (per iterator, split across workers)
-    makes it finite.
-    """
-
-    def __init__(
-        self,
-        store: ReplayStore,
-        batch_size: int,
-        seq_len: int,
-        seed: Optional[int] = None,
-        num_batches: Optional[int] = None,
-    ):
-        super().__init__()
-        self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
-        self.seed, self.num_batches = seed, num_batches
-        self._iterations = 0
-
-    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        if info is None:  # in the main process: a new stream per iterator
-            store, count = self.store, self.num_batches
-            seq = np.random.SeedSequence(None if self.seed is None else [self.seed, self._iterations])
-            self._iterations += 1
-        else:
-            store = self.store.readonly_copy()
-            seq = np.random.SeedSequence(info.seed if self.seed is None else [self.seed, info.seed])
-            count = None
-            if self.num_batches is not None:
-                count = self.num_batches // info.num_workers + (info.id < self.num_batches % info.num_workers)
-        rng = np.random.default_rng(seq)
-        produced = 0
-        while count is None or produced < count:
-            yield to_torch(store.sample(self.batch_size, self.seq_len, rng))
-            produced += 1
-
-
-class _Failure:
-    def __init__(self, err: BaseException):
-        self.err = err
-
-
-class Prefetcher:
-    """Sample batches in background threads while the learner trains; iterate to get torch batches.
-
-    File reads and numpy copies release the GIL, so a thread or two hide most sampling time.
-    With num_threads=1 and a seed the stream of batches is reproducible.
-
-        with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
-            for step, batch in zip(range(n_steps), batches): ...
-    """
-
-    def __init__(
-        self,
-        store: ReplayStore,
-        batch_size: int,
-        seq_len: int,
-        *,
-        seed: Optional[int] = None,
-        depth: int = 2,
-        num_threads: int = 1,
-        device: Union[str, torch.device, None] = None,
-        pin_memory: bool = False,
-    ):
-        if depth < 1 or num_threads < 1:
-            raise ValueError(f"depth and num_threads must be >= 1, got {depth} and {num_threads}")
-        self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
-        self.device, self.pin_memory = device, pin_memory
-        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        seqs = np.random.SeedSequence(seed).spawn(num_threads)
-        self._threads = [
-            threading.Thread(
-                target=self._work, args=(np.random.default_rng(s),), name=f"replay-prefetch-{i}", daemon=True
-            )
-            for i, s in enumerate(seqs)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _work(self, rng: np.random.Generator) -> None:
-        try:
-            while not self._stop.is_set():
-                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, rng))
-                if self.pin_memory:
-                    batch = _pin(batch)
-                if not self._put(batch):
-                    return
-        except BaseException as err:  # handed to the consumer, which re-raises it
-            self._put(_Failure(err))
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def __iter__(self) -> "Prefetcher":
-        return self
-
-    def __next__(self) -> Dict[str, Any]:
-        if self._stop.is_set():
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, _Failure):
-            self.close()
-            raise RuntimeError(f"replay prefetch thread failed: {item.err!r}") from item.err
-        if self.device is None:
-            return item
-        return to_torch(item, self.device, non_blocking=self.pin_memory)
-
-    def close(self) -> None:
-        """Stop the threads (batches still queued are dropped)."""
-        self._stop.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        for t in self._threads:
-            t.join(timeout=5.0)
-
-    def __enter__(self) -> "Prefetcher":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -1,0 +1,172 @@
+"""The torch side of the replay store: numpy batches to tensors, a DataLoader dataset and a background prefetcher.
+
+`to_torch` turns a sampled batch into tensors (sharing memory on CPU). `ReplayDataset` (a
+torch IterableDataset, for DataLoader workers) and `Prefetcher` (background threads) sample
+from a `ReplayStore` off the training thread and hand out torch batches.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+from amago2.data.replay import ReplayStore
+
+
+def to_torch(
+    batch: Mapping[str, Any], device: Union[str, torch.device, None] = None, non_blocking: bool = False
+) -> Dict[str, Any]:
+    """numpy batch -> torch tensors (sharing memory on CPU), moved to device; dict obs stays a dict."""
+
+    def convert(x):
+        if isinstance(x, Mapping):
+            return {k: convert(v) for k, v in x.items()}
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        return t if device is None else t.to(device, non_blocking=non_blocking)
+
+    return {k: convert(v) for k, v in batch.items()}
+
+
+def _pin(batch: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (_pin(v) if isinstance(v, dict) else v.pin_memory()) for k, v in batch.items()}
+
+
+class ReplayDataset(torch.utils.data.IterableDataset):
+    """Endless torch batches from a ReplayStore, for `DataLoader(dataset, batch_size=None, num_workers=k)`.
+
+    Each worker samples from its own readonly copy of the store (refreshed every
+    store.auto_refresh_s) with its own random stream: SeedSequence([seed, torch's worker
+    seed]), so workers never repeat each other's draws, and runs are reproducible under
+    torch.manual_seed when `seed` is given. num_batches (per iterator, split across workers)
+    makes it finite.
+    """
+
+    def __init__(
+        self,
+        store: ReplayStore,
+        batch_size: int,
+        seq_len: int,
+        seed: Optional[int] = None,
+        num_batches: Optional[int] = None,
+    ):
+        super().__init__()
+        self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
+        self.seed, self.num_batches = seed, num_batches
+        self._iterations = 0
+
+    def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        if info is None:  # in the main process: a new stream per iterator
+            store, count = self.store, self.num_batches
+            seq = np.random.SeedSequence(None if self.seed is None else [self.seed, self._iterations])
+            self._iterations += 1
+        else:
+            store = self.store.readonly_copy()
+            seq = np.random.SeedSequence(info.seed if self.seed is None else [self.seed, info.seed])
+            count = None
+            if self.num_batches is not None:
+                count = self.num_batches // info.num_workers + (info.id < self.num_batches % info.num_workers)
+        rng = np.random.default_rng(seq)
+        produced = 0
+        while count is None or produced < count:
+            yield to_torch(store.sample(self.batch_size, self.seq_len, rng))
+            produced += 1
+
+
+class _Failure:
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+class Prefetcher:
+    """Sample batches in background threads while the learner trains; iterate to get torch batches.
+
+    File reads and numpy copies release the GIL, so a thread or two hide most sampling time.
+    With num_threads=1 and a seed the stream of batches is reproducible.
+
+        with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
+            for step, batch in zip(range(n_steps), batches): ...
+    """
+
+    def __init__(
+        self,
+        store: ReplayStore,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: Optional[int] = None,
+        depth: int = 2,
+        num_threads: int = 1,
+        device: Union[str, torch.device, None] = None,
+        pin_memory: bool = False,
+    ):
+        if depth < 1 or num_threads < 1:
+            raise ValueError(f"depth and num_threads must be >= 1, got {depth} and {num_threads}")
+        self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
+        self.device, self.pin_memory = device, pin_memory
+        self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        seqs = np.random.SeedSequence(seed).spawn(num_threads)
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(np.random.default_rng(s),), name=f"replay-prefetch-{i}", daemon=True
+            )
+            for i, s in enumerate(seqs)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, rng: np.random.Generator) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, rng))
+                if self.pin_memory:
+                    batch = _pin(batch)
+                if not self._put(batch):
+                    return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._put(_Failure(err))
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            self.close()
+            raise RuntimeError(f"replay prefetch thread failed: {item.err!r}") from item.err
+        if self.device is None:
+            return item
+        return to_torch(item, self.device, non_blocking=self.pin_memory)
+
+    def close(self) -> None:
+        """Stop the threads (batches still queued are dropped)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        for t in self._threads:
+            t.join(timeout=5.0)
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
