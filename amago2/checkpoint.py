@@ -4,12 +4,13 @@ A checkpoint is one `torch.save` file: `checkpoints/ckpt-<updates, 9 digits>.pt`
 written to a temporary file in the same directory, flushed to disk and renamed, so a run
 killed at any moment leaves either the old set of checkpoints or the new one, never a
 torn file. Loading walks back from the newest file and skips (with a warning) any file
-that does not load.
+that does not load. Files are read with `weights_only=True` (see `load_checkpoint`).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import tempfile
 import warnings
@@ -51,10 +52,27 @@ def save_checkpoint(path_dir: PathLike, updates: int, state: Dict[str, Any], kee
     return final
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds objects that only a full unpickle could build: it is not loaded."""
+
+
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
-    # weights_only=False: our checkpoints hold numpy / python RNG states next to tensors.
-    # Only load checkpoints you (or your own runs) wrote.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint's state, loaded with `torch.load(weights_only=True)`.
+
+    amago2 writes checkpoints of tensors, numbers, strings, lists and dicts only (RNG states
+    included, see amago2.seeding), so loading never has to unpickle arbitrary objects, whose
+    construction can run any code: a checkpoint someone else wrote is safe to evaluate.
+    A file that needs more is refused with `UnsafeCheckpointError`.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path} holds objects other than tensors and plain data, and was not loaded: unpickling them "
+            f"could run arbitrary code. amago2 never writes such checkpoints, so this file was written by "
+            f"something else (or by amago2 before checkpoints became plain data). If you trust it, load it "
+            f"yourself with torch.load(path, weights_only=False) and save the parts you need. ({err})"
+        ) from None
 
 
 def load_latest(path_dir: PathLike, map_location: Any = "cpu") -> Optional[Tuple[Path, Dict[str, Any]]]:

@@ -22,16 +22,14 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import gin
-import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from amago2.agent import Agent
@@ -44,6 +42,7 @@ from amago2.evaluation import evaluate_policy
 from amago2.learner import Learner, NonFiniteLossError
 from amago2.logger import RunLogger
 from amago2.malloc import tune_glibc_malloc
+from amago2.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 EnvSpec = Union[str, Callable, Sequence[Union[str, Callable]]]
 
@@ -137,7 +136,7 @@ class Experiment:
         self.device = self.accelerator.device
         if tune_malloc and self.device.type == "cpu":
             tune_glibc_malloc()  # large CPU tensors are otherwise page-faulted in on every update
-        _seed_everything(seed + 1000 * self.rank)
+        seed_everything(seed + 1000 * self.rank)
 
         self.train_pool = make_pool(train_env, n_envs, mode=env_mode, trial_episodes=trial_episodes,
                                     seed=seed + 10_000 * self.rank, env_kwargs=self.env_kwargs)  # fmt: skip
@@ -192,20 +191,29 @@ class Experiment:
         return self._prefetcher
 
     # ---------------------------------------------------------------- checkpoints
+    def _rank_state(self) -> Dict[str, Any]:
+        """What only this process knows: its RNG streams and its replay index."""
+        return dict(rng=capture_rng_states(), replay=self.store.state_dict())
+
     def state_dict(self) -> Dict[str, Any]:
+        """The whole run's state. Every process must call it (it gathers each rank's part)."""
         return dict(
             **self.learner.state_dict(),
             counters=dict(epoch=self.epoch, updates=self.updates, env_steps=self.env_steps),
-            rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
-            replay=self.store.state_dict(),
+            world_size=self.world,
+            ranks=gather_object([self._rank_state()]),  # [world]: rank r's own streams and index
         )
 
     def save_checkpoint(self) -> Optional[Path]:
-        self.accelerator.wait_for_everyone()
+        """Write a checkpoint (rank 0 writes, every process takes part). Returns its path on rank 0."""
+        state = self.state_dict()
         self.logger.write_csv()
         if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
             return None
-        return save_checkpoint(self.run_dir / "checkpoints", self.updates, self.state_dict(), keep=self.keep_checkpoints)
+        path = save_checkpoint(self.run_dir / "checkpoints", self.updates, state, keep=self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()  # no rank runs ahead of a checkpoint that may not exist yet
+        return path
 
     def load_state(self, state: Dict[str, Any], weights_only: bool = False) -> None:
         self.learner.load_state_dict(state, weights_only=weights_only)
@@ -213,15 +221,20 @@ class Experiment:
             return
         c = state["counters"]
         self.epoch, self.learner.updates, self.collector.env_steps = c["epoch"], c["updates"], c["env_steps"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        if self.rank == 0:  # other ranks' stores index their own folders afresh
-            self.store.load_state_dict(state["replay"])
+        ranks = state["ranks"]
+        if self.rank < len(ranks):
+            restore_rng_states(ranks[self.rank]["rng"])
+            self.store.load_state_dict(ranks[self.rank]["replay"])
+        else:  # more processes than the run had: a new rank starts new streams, apart from the others
+            seed_everything(self.seed + 1000 * self.rank + self.updates)
+            if self.accelerator.is_local_main_process:
+                print(f"rank {self.rank}: the checkpoint was written by {len(ranks)} processes; this rank starts fresh RNG streams")
 
     def resume(self) -> bool:
         """Load the newest loadable checkpoint of this run directory. Returns False if there is none."""
-        found = load_latest(self.run_dir / "checkpoints", map_location=self.device)
+        # Loaded to the CPU: the RNG states must stay CPU tensors, and load_state_dict copies
+        # weights and optimizer moments onto the parameters' device.
+        found = load_latest(self.run_dir / "checkpoints", map_location="cpu")
         if found is None:
             return False
         path, state = found
@@ -231,7 +244,7 @@ class Experiment:
         return True
 
     def load_weights(self, path: Union[str, Path]) -> None:
-        self.load_state(load_checkpoint(path, map_location=self.device), weights_only=True)
+        self.load_state(load_checkpoint(path, map_location="cpu"), weights_only=True)
 
     # ------------------------------------------------------------------- phases
     def update(self, batches) -> Dict[str, float]:
@@ -342,13 +355,6 @@ class Experiment:
             self._prefetcher = None
         self.collector.close()
         self.logger.close()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
 def experiment_settings() -> Dict[str, Any]:

@@ -30,3 +30,54 @@ def test_a_torn_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
 
 def test_no_checkpoint_gives_none(tmp_path):
     assert load_latest(tmp_path / "missing") is None
+
+
+class _RunsCode:
+    """An object whose unpickling would call os.system: what a malicious checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused_not_executed(tmp_path):
+    import pytest
+
+    from amago2.checkpoint import UnsafeCheckpointError, load_checkpoint
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "ckpt-000000001.pt"
+    torch.save({"agent": {"w": torch.zeros(2)}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="arbitrary code"):
+        load_checkpoint(path)
+    assert not marker.exists(), "the payload ran"
+    # load_latest skips it (with a warning) rather than executing it.
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert load_latest(tmp_path) is None
+    assert not marker.exists()
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from amago2.checkpoint import load_checkpoint
+    from amago2.seeding import capture_rng_states, generator_state, restore_generator, restore_rng_states, seed_everything
+
+    seed_everything(3)
+    gen = np.random.default_rng(5)
+    gen.normal(size=3)
+    np.random.normal()  # leaves a cached gaussian in numpy's legacy state
+    path = save_checkpoint(tmp_path, 1, dict(rng=capture_rng_states(), gen=generator_state(gen)))
+    expected = (random.random(), np.random.normal(size=4).tolist(), torch.rand(3).tolist(), gen.normal(size=2).tolist())
+    random.random(), np.random.normal(size=7), torch.rand(5), gen.normal(size=9)  # move every stream on
+    state = load_checkpoint(path)  # weights_only=True
+    restore_rng_states(state["rng"])
+    restore_generator(gen, state["gen"])
+    assert (random.random(), np.random.normal(size=4).tolist(), torch.rand(3).tolist(), gen.normal(size=2).tolist()) == expected
