@@ -193,8 +193,9 @@ class Collector:
                     if writer is not None:
                         if trial is not None:  # a task mixture names the task only now
                             writer.task = str(trial.get("task") or writer.task)
-                        writer.append(final)
-                        writer.close(returns=None if trial is None else [float(r) for r in trial["returns"]])
+                        returns = None if trial is None else [float(r) for r in trial["returns"]]
+                        writer.append(final, returns=returns)  # a terminal token writes the file itself
+                        writer.close(returns=returns)  # a truncated one is written here
                     if trial is not None:
                         self.trials_per_env[i] += 1
                         if stats is not None and (max_trials_per_env is None or self.trials_per_env[i] <= max_trials_per_env):

@@ -574,3 +574,28 @@ def test_docs_offline_dataset_example_runs(tmp_path, monkeypatch, capsys):
     # Episodes inside the trial: reward 1 arrives with the next episode's reset token.
     starts = np.flatnonzero(traj["episode_start"])
     assert len(starts) == 3 and (traj["prev_reward"][starts[1:]] == 1).all() and traj["prev_reward"][-1] == 1
+
+
+def test_terminated_and_truncated_trials_both_keep_their_returns(tmp_path):
+    """The collector writes a trial's episode returns into the last file of its trajectory."""
+    from amago2.collect import Collector
+    from amago2.envs import make_pool
+
+    import torch
+    from test_agent import small_agent
+
+    s = store(tmp_path)
+    # The T-maze terminates at the junction; a time limit before it truncates the trial.
+    for kwargs in ({"horizon": 3}, {"horizon": 6, "max_episode_steps": 3}):
+        pool = make_pool("amago2/TMaze-v0", 2, env_kwargs=kwargs)
+        agent = small_agent(pool.observation_space, pool.action_space)
+        collector = Collector(pool, s, max_segment_len=100)
+        with torch.no_grad():
+            collector.collect(agent, 12)
+        collector.close()
+    s.refresh()
+    metas = [read_metadata(p) for p in s.paths()]
+    finished = [m for m in metas if m.get("returns") is not None]
+    assert len(finished) == len(metas) >= 4, "every file of a finished trial names its returns"
+    ends = [bool(load_trajectory(p)["terminal"][-1]) for p in s.paths()]
+    assert any(ends) and not all(ends), "both kinds of trial end were collected"

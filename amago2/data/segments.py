@@ -104,13 +104,15 @@ class SegmentWriter:
         self._offset = 0  # index in the rollout of the buffer's first token
         self._closed = False
 
-    def append(self, token: Mapping[str, Any]) -> None:
+    def append(self, token: Mapping[str, Any], returns: Optional[Sequence[float]] = None) -> None:
+        """Add one token. A terminal token ends the rollout and writes it, with `returns` (the
+        trial's episode returns) in its metadata; otherwise `returns` is ignored."""
         if self._closed:
             raise RuntimeError("SegmentWriter is closed (the rollout ended); start a new writer for a new rollout")
         self._tokens.append(token)
         terminal = token["terminal"]
         if terminal is not False and bool(np.asarray(terminal)):  # `is False`: the rollout's cheap common case
-            self.close()
+            self.close(returns=returns)
         elif len(self._tokens) == self.max_segment_len + 1:
             self._flush(cut=True)
 
