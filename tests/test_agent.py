@@ -167,6 +167,27 @@ def test_filter_rate_is_the_share_of_positive_advantages_for_every_filter():
     assert rates["exp"] == rates["none"] == rates["leaky"] == rates["binary"], rates
 
 
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_the_loss_numbers_a_window_from_its_position_in_the_trajectory(pos_encoding):
+    """Absolute positions follow batch["position"]; RoPE, relative, does not depend on it."""
+    from amago2.nets import TransformerTrajEncoder
+
+    obs, act = gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3)
+    batch = random_batch(obs, act, B=4, L=6, seed=5)
+
+    class Encoder(TransformerTrajEncoder):
+        def __init__(self, **kw):
+            super().__init__(**kw, n_heads=2, pos_encoding=pos_encoding)
+
+    agent = small_agent(obs, act, traj_encoder=Encoder, max_seq_len=32)
+    agent.update_normalizer(batch)
+    losses = []
+    for position in (0, 20):
+        batch["position"] = torch.full((4,), position)
+        losses.append(_grads(agent, batch)[1]["loss"])
+    assert (losses[0] != losses[1]) == (pos_encoding == "learned"), losses
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_rewards_times_1000_leave_the_whole_update_unchanged(discrete):
     """Same batch, rewards x1000 and bin range x1000: identical labels, filter weights and gradients.

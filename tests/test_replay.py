@@ -408,6 +408,7 @@ def test_windows_match_their_source_and_padding_is_masked(tmp_path, read_mode):
         src = trajs[fid]
         n = min(L + 1, len(src["terminal"]) - start)
         assert batch["mask"][b, :n].all() and not batch["mask"][b, n:].any()
+        assert batch["position"][b] == start
         seen_padding |= n < L + 1
         for key in ("prev_action", "prev_reward", "time", "episode_start", "terminal"):
             np.testing.assert_array_equal(batch[key][b, :n], src[key][start : start + n])
@@ -463,6 +464,16 @@ def test_segments_lose_no_transition_and_cut_segments_bootstrap(tmp_path):
     metas = [read_metadata(p) for p in paths]
     assert [m["segment"]["offset"] for m in metas] == [0, 5, 10, 15, 20]
     assert len({m["segment"]["source"] for m in metas}) == 1 and metas[-1]["returns"] == [3.0]
+
+
+@pytest.mark.parametrize("read_mode", ["window", "load"])
+def test_windows_of_segments_know_their_position_in_the_whole_trajectory(tmp_path, read_mode):
+    s = store(tmp_path, read_mode=read_mode)
+    s.add_segments(make_traj(23), 5)  # 5 files: tokens 0-5, 5-10, ..., 20-23
+    batch = s.sample(64, 3, np.random.default_rng(0))
+    # The obs hold each token's index in the rollout: the first one is the window's position.
+    np.testing.assert_array_equal(batch["position"], batch["obs"][:, 0, 1].astype(np.int64))
+    assert batch["position"].max() >= 10, "windows from later segments were drawn"
 
 
 def check_canonical(traj):

@@ -614,6 +614,28 @@ def test_transformer_receptive_field_is_bounded_by_window(cfg):
         assert_rel(y_step, y, "step vs parallel on one episode longer than max_seq_len")
 
 
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned", "rope"])
+def test_a_training_window_gives_its_tokens_the_positions_rollouts_give_them(pos_encoding):
+    """A one-layer transformer stepped along a trajectory longer than its window, and the
+    training form on the window [o, o + W) started with `start_state(o)`, give the window's
+    last token the same output: its keys and their positions are the same in both."""
+    W, L = 8, 30
+    torch.manual_seed(0)
+    enc = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=1, max_seq_len=W,
+                             n_heads=2, pos_encoding=pos_encoding).eval()  # fmt: skip
+    g = gen(900)
+    x = make_x(BATCH, L, g)
+    r = torch.zeros(BATCH, L, dtype=torch.bool)
+    r[:, 0] = True
+    with torch.no_grad():
+        y_roll, _ = run_steps(enc, x, r, enc.init_state(BATCH))
+        for o in (0, 5, 17, L - W):
+            window = slice(o, o + W)
+            start = enc.start_state(torch.full((BATCH,), o))
+            y_win, _ = enc(x[:, window], torch.zeros(BATCH, W, dtype=torch.bool), start)
+            assert_rel(y_win[:, -1], y_roll[:, o + W - 1], f"window at {o}: last token, training vs rollout")
+
+
 # --------------------------------------------------------------------------- mamba initialisation
 
 

@@ -181,10 +181,14 @@ class Agent(nn.Module):
             raise KeyError(f"batch is missing token key(s) {missing}; see amago2/data/layout.py for the layout")
         return {k: batch[k] for k in TOKEN_KEYS}
 
-    def _encode(self, tokens, tstep_encoder, traj_encoder) -> torch.Tensor:
+    def _encode(self, tokens, tstep_encoder, traj_encoder, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Windows -> features [B, L+1, d_model]. `positions` [B]: each window's first token's
+        index in its trajectory (the batch's "position"), so that absolute position encodings
+        number tokens as rollouts do; None starts every window at 0."""
         x = tstep_encoder(**tokens)  # [B, L+1, d_tstep]
         resets = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        h, _ = traj_encoder(x, resets)
+        state = traj_encoder.start_state(positions.to(x.device)) if positions is not None else None
+        h, _ = traj_encoder(x, resets, state)
         return h  # [B, L+1, d_model]
 
     @torch.no_grad()
@@ -235,9 +239,14 @@ class Agent(nn.Module):
     def loss(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The total training loss on a batch in the layout of `amago2/data/layout.py`, and metrics."""
         tokens = self._tokens(batch)
-        h = self._encode(tokens, self.tstep_encoder, self.traj_encoder)
+        positions = batch.get("position")
+        h = self._encode(tokens, self.tstep_encoder, self.traj_encoder, positions)
         with torch.no_grad():
-            h_next_all = self._encode(tokens, self.target_tstep_encoder, self.target_traj_encoder) if self.target_encoder else h.detach()
+            h_next_all = (
+                self._encode(tokens, self.target_tstep_encoder, self.target_traj_encoder, positions)
+                if self.target_encoder
+                else h.detach()
+            )
 
         # Keep only real transitions: padding never reaches the heads, so it can't leak into any loss.
         valid = batch["mask"][:, 1:].bool()  # [B, L]

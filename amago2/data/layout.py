@@ -25,6 +25,9 @@ A training *batch* is a dict of tensors holding windows of L + 1 consecutive tok
 trajectories, batch-first: [B, L + 1, ...] for every key above, plus
 
     mask[b, t]        bool: token t is real data (False for padding after a trajectory's end).
+    position[b]       int [B]: the index, in its whole trajectory, of the window's first token
+                      (trajectory encoders with absolute positions number tokens from it, as
+                      they do in rollouts).
 
 Transition t of a window is used in the losses iff mask[:, t + 1]. A window may start in the
 middle of a trajectory; the agent then starts from a fresh memory at the window's start.
@@ -38,5 +41,5 @@ TOKEN_KEYS = ("obs", "prev_action", "prev_reward", "time", "episode_start")
 TRAJECTORY_KEYS = TOKEN_KEYS + ("terminal",)
 """What a stored trajectory holds, each with T + 1 entries along its first axis."""
 
-BATCH_KEYS = TRAJECTORY_KEYS + ("mask",)
-"""What a training batch holds, each [B, L + 1, ...]."""
+BATCH_KEYS = TRAJECTORY_KEYS + ("mask", "position")
+"""What a training batch holds: [B, L + 1, ...] for every key but `position` ([B])."""

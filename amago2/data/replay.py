@@ -429,7 +429,8 @@ class ReplayStore:
 
         Returns BATCH_KEYS -> np.ndarray [B, L+1, ...] (L = seq_len; obs may be a dict of
         arrays): tokens start .. start + L of a trajectory, zero-padded past its end, with
-        mask[b, t] True where token t is real. A trajectory is drawn with probability
+        mask[b, t] True where token t is real, and position[b] the window's first token's
+        index in its whole trajectory (the file's segment offset + start). A trajectory is drawn with probability
         proportional to its number of transitions T (uniform over timesteps, not files), and
         start is uniform over 0 .. max(0, T - L): a trajectory that fits in the window is
         always seen whole from its first token (a memory task's cue is never cut off), and a

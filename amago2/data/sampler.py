@@ -25,11 +25,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 
 from amago2.data.layout import TRAJECTORY_KEYS
-from amago2.data.trajectory_format import OBS_PREFIX, CorruptTrajectoryError
-from amago2.data.trajectory_reader import TrajectoryFile, load_trajectory
+from amago2.data.trajectory_format import OBS_PREFIX, CorruptTrajectoryError, segment_offset
+from amago2.data.trajectory_reader import TrajectoryFile, load_trajectory_with_meta
 
 Batch = Dict[str, Any]
-"""BATCH_KEYS -> arrays [B, L+1, ...] (obs may be a dict of such arrays)."""
+"""BATCH_KEYS -> arrays [B, L+1, ...] (obs may be a dict of such arrays; position is [B])."""
 RowSpec = Dict[str, Tuple[Tuple[int, ...], np.dtype]]
 """flat key ("obs" or "obs/<k>", ...) -> (shape of one row, dtype): what a batch built from a file holds."""
 
@@ -53,11 +53,12 @@ DropFile = Callable[[IndexedFile, Optional[CorruptTrajectoryError]], None]
 class LoadedTrajectory:
     """A whole trajectory in memory, flat keys ("obs" or "obs/<k>", ...) -> arrays [T+1, ...]."""
 
-    __slots__ = ("path", "length", "arrays")
+    __slots__ = ("path", "length", "arrays", "first_position")
 
-    def __init__(self, path: Path, traj: Mapping[str, Any]):
+    def __init__(self, path: Path, traj: Mapping[str, Any], first_position: int = 0):
         self.path = path
         self.length = len(traj["terminal"]) - 1
+        self.first_position = first_position  # the file's first token's index in its trajectory
         obs = traj["obs"]
         self.arrays = {OBS_PREFIX + k: v for k, v in obs.items()} if isinstance(obs, Mapping) else {"obs": obs}
         self.arrays.update({k: traj[k] for k in TRAJECTORY_KEYS[1:]})
@@ -157,7 +158,8 @@ class WindowSampler:
         if src is not None and src.mappable:
             nbytes = _HEADER_NBYTES + sum(f.nbytes for f in src.flags.values())
         else:
-            src = LoadedTrajectory(Path(path), load_trajectory(path))
+            traj, meta = load_trajectory_with_meta(path)
+            src = LoadedTrajectory(Path(path), traj, segment_offset(meta))
             nbytes = src.nbytes
         self._check_spec(path, src.row_info())
         self._cache_put(path, src, nbytes)
@@ -287,13 +289,14 @@ class WindowSampler:
         # zeroing here would be a second pass over a batch that can be hundreds of MiB.
         out = {k: np.empty((batch_size, n_tokens) + shape, dtype=dtype) for k, (shape, dtype) in spec.items()}
         out["mask"] = np.empty((batch_size, n_tokens), dtype=np.bool_)
+        out["position"] = np.empty(batch_size, dtype=np.int64)
         return out
 
     @staticmethod
     def _fill(
         src: Source, fd: Optional[int], slots: List[Tuple[int, int]], out: Dict[str, np.ndarray], n_tokens: int
     ) -> None:
-        keys = [k for k in out if k != "mask"]
+        keys = [k for k in out if k not in ("mask", "position")]
         mask = out["mask"]
         for b, start in slots:
             n = min(n_tokens, src.length + 1 - start)
@@ -304,6 +307,7 @@ class WindowSampler:
                 for k in keys:
                     src.read_rows(fd, k, start, out[k][b, :n])
             mask[b, :n] = True
+            out["position"][b] = src.first_position + start
             if n < n_tokens:  # past the trajectory's end: zeros, masked out
                 for k in keys:
                     out[k][b, n:] = 0
@@ -316,6 +320,6 @@ class WindowSampler:
             batch["obs"] = flat["obs"]
         else:
             batch["obs"] = {k[len(OBS_PREFIX) :]: v for k, v in sorted(flat.items()) if k.startswith(OBS_PREFIX)}
-        for k in TRAJECTORY_KEYS[1:] + ("mask",):
+        for k in TRAJECTORY_KEYS[1:] + ("mask", "position"):
             batch[k] = flat[k]
         return batch

@@ -191,6 +191,14 @@ def check_meta(where: Union[str, Path, None], meta: Any, length: int) -> dict:
     return meta
 
 
+def segment_offset(meta: Mapping[str, Any]) -> int:
+    """Index, in its whole trajectory, of a file's first token: 0 unless the file is a later
+    segment of a long rollout (a malformed entry counts as 0: it only shifts positions)."""
+    segment = meta.get("segment")
+    offset = segment.get("offset", 0) if isinstance(segment, Mapping) else 0
+    return offset if isinstance(offset, int) and offset >= 0 else 0
+
+
 def unflatten_trajectory(flat: Mapping[str, np.ndarray], obs_keys: Optional[Sequence[str]]) -> Trajectory:
     traj: Trajectory = {}
     traj["obs"] = flat["obs"] if obs_keys is None else {k: flat[OBS_PREFIX + k] for k in obs_keys}

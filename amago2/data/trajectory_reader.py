@@ -36,6 +36,7 @@ from amago2.data.trajectory_format import (
     check_flags,
     check_meta,
     check_shapes,
+    segment_offset,
     unflatten_trajectory,
 )
 
@@ -162,7 +163,7 @@ class TrajectoryFile:
     destination; a compressed file (`mappable` False) must be loaded whole instead.
     """
 
-    __slots__ = ("path", "meta", "length", "obs_keys", "arrays", "flags", "stat_key")
+    __slots__ = ("path", "meta", "length", "obs_keys", "arrays", "flags", "stat_key", "first_position")
 
     def __init__(
         self,
@@ -181,6 +182,7 @@ class TrajectoryFile:
         self.arrays = arrays  # flat key ("obs", "obs/<k>", "prev_action", "prev_reward", "time") -> ArrayInfo
         self.flags = flags  # "episode_start", "terminal" -> bool [T+1], small enough to keep in memory
         self.stat_key = stat_key  # (inode, size, mtime_ns): tells whether the name now holds another file
+        self.first_position = segment_offset(meta)  # the first token's index in its whole trajectory
 
     @property
     def mappable(self) -> bool:

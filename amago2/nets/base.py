@@ -52,6 +52,14 @@ class TrajEncoder(nn.Module, abc.ABC):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> TrajState:
         """The state of an encoder that has seen nothing yet."""
 
+    def start_state(self, positions: torch.Tensor) -> TrajState:
+        """The state of an encoder that has seen nothing, whose next token is token
+        `positions[b]` (int64 [B]) of its trajectory: how a training window that starts
+        mid-trajectory begins. Only encoders with absolute positions use it (the Transformer
+        with sinusoidal or learned positions, so that a token has the same position in
+        training as in rollouts); for the others it is `init_state`."""
+        return self.init_state(positions.shape[0], positions.device)
+
     @abc.abstractmethod
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None

@@ -105,6 +105,12 @@ class TransformerTrajEncoder(TrajEncoder):
             state[f"k{i}"], state[f"v{i}"] = empty, empty
         return state
 
+    def start_state(self, positions: torch.Tensor) -> TrajState:
+        state = self.init_state(positions.shape[0], positions.device)
+        if self.pos_encoding != "rope":  # RoPE sees only differences of positions
+            state["t_next"] = positions.to(torch.long)  # the episode started at t = 0
+        return state
+
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
