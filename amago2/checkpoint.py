@@ -32,28 +32,48 @@ def checkpoint_paths(path_dir: PathLike) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(path_dir: PathLike, updates: int, state: Dict[str, Any], keep: int = 3) -> Path:
-    """Atomically write `state` as checkpoint number `updates`; delete all but the newest `keep`."""
-    d = Path(path_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    final = d / f"ckpt-{updates:09d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".ckpt-", suffix=".tmp")
+def checkpoint_path(path_dir: PathLike, updates: int) -> Path:
+    """Where checkpoint number `updates` lives in `path_dir`."""
+    return Path(path_dir) / f"ckpt-{updates:09d}.pt"
+
+
+def save_atomically(final: Path, obj: Any) -> Path:
+    """`torch.save(obj)` to `final` through a flushed temporary file and a rename: a reader
+    (or a run killed mid-write) sees the old file or the new one, never a torn one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    for old in checkpoint_paths(d)[:-keep] if keep > 0 else []:
+    return final
+
+
+def save_checkpoint(path_dir: PathLike, updates: int, state: Dict[str, Any], keep: int = 3) -> Path:
+    """Atomically write `state` as checkpoint number `updates`; delete all but the newest `keep`."""
+    final = save_atomically(checkpoint_path(path_dir, updates), state)
+    for old in checkpoint_paths(path_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return final
 
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint holds objects that only a full unpickle could build: it is not loaded."""
+
+
+def remove_temp_files(path_dir: PathLike) -> List[Path]:
+    """Delete the temporary files a killed writer left in `path_dir` (call before any
+    process of the run writes a checkpoint again)."""
+    d = Path(path_dir)
+    gone = [p for p in d.glob(".ckpt-*.tmp")] if d.is_dir() else []
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:

@@ -18,6 +18,7 @@ import torch
 from amago2.data.replay import ReplayStore
 from amago2.data.segments import SegmentWriter
 from amago2.data.torch_batches import to_torch
+from amago2.seeding import generator_state, restore_generator
 
 
 def _row(batch: Dict[str, Any], i: int) -> Dict[str, Any]:
@@ -212,6 +213,52 @@ class Collector:
         total = t_agent + t_env + t_write
         return dict(collect_s=total, collect_agent_s=t_agent, collect_env_s=t_env, collect_write_s=t_write,
                     env_steps_per_s=n_steps * self.pool.n_envs / max(total, 1e-9))  # fmt: skip
+
+    # ------------------------------------------------------------------ checkpoints
+    def counters_state(self) -> Dict[str, Any]:
+        """Env steps, finished trials per env and the exploration RNG: plain, checkpoint-safe data."""
+        return dict(env_steps=self.env_steps, trials_per_env=self.trials_per_env.tolist(), rng=generator_state(self.rng))
+
+    def load_counters_state(self, state: Dict[str, Any]) -> None:
+        self.env_steps = int(state["env_steps"])
+        if len(state["trials_per_env"]) == self.pool.n_envs:
+            self.trials_per_env = np.asarray(state["trials_per_env"], dtype=np.int64)
+        restore_generator(self.rng, state["rng"])
+
+    def rollout_state(self) -> Optional[Dict[str, Any]]:
+        """What continuing the rollouts exactly needs: the pool's snapshot (every env pickled),
+        the tokens the agent acts on next, its memory, the new-trial flags and each trajectory
+        in progress. None before the first collection. It holds pickled envs, so it is kept
+        apart from the weights-only checkpoint (see Experiment.save_checkpoint)."""
+        if self.tokens is None:
+            return None
+        return dict(
+            pool=self.pool.snapshot(),
+            tokens=self.tokens,
+            state={k: v.detach().cpu().clone() for k, v in self.state.items()},
+            new_trial=self.new_trial.copy(),
+            writers=[None if w is None else w.state_dict() for w in self.writers],
+        )
+
+    def restore_rollouts(self, snap: Optional[Dict[str, Any]]) -> Optional[str]:
+        """Continue the rollouts of `rollout_state`. Returns None when that was exact, else the
+        reason it was not; then nothing is restored, and the next collection starts new trials."""
+        if snap is None:
+            return None  # no rollout had begun: starting afresh is what the first run did
+        if len(snap["writers"]) != self.pool.n_envs:
+            return f"the checkpoint's rollouts ran {len(snap['writers'])} envs, this run {self.pool.n_envs}"
+        for i, (blob, why) in enumerate(snap["pool"]["envs"]):
+            if blob is None:
+                return f"env {i} ({self.pool.env_names[i]}) could not be pickled for the checkpoint ({why})"
+        self.pool.restore(snap["pool"])
+        self.tokens, self.new_trial = snap["tokens"], np.asarray(snap["new_trial"], dtype=bool)
+        self.state = {k: v.to(self.device) for k, v in snap["state"].items()}
+        for i, saved in enumerate(snap["writers"]):
+            writer = self._writer(i)
+            if writer is not None and saved is not None:
+                writer.load_state_dict(saved)
+            self.writers[i] = writer
+        return None
 
     def close(self) -> None:
         """Drop unfinished trajectories (a resumed run starts fresh trials) and close the envs."""

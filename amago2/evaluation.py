@@ -21,7 +21,8 @@ import torch
 
 from amago2.collect import Collector, TrialStats
 from amago2.data import ReplayStore
-from amago2.envs.pool import EnvPool, make_pool
+from amago2.envs.pool import EnvPool
+from amago2.envs.pool_factory import make_pool
 
 
 def make_eval_pool(

@@ -23,21 +23,31 @@ import inspect
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import gin
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from amago2.agent import Agent
-from amago2.checkpoint import load_checkpoint, load_latest, save_checkpoint
+from amago2.checkpoint import (
+    checkpoint_path,
+    checkpoint_paths,
+    load_checkpoint,
+    load_latest,
+    remove_temp_files,
+    save_atomically,
+    save_checkpoint,
+)
 from amago2.collect import Collector, TrialStats
 from amago2.data.replay import ReplayStore
 from amago2.data.torch_batches import Prefetcher
-from amago2.envs.pool import make_pool
+from amago2.envs.pool_factory import make_pool
 from amago2.evaluation import evaluate_policy
 from amago2.learner import Learner, NonFiniteLossError
 from amago2.logger import RunLogger
@@ -109,6 +119,7 @@ class Experiment:
         progress: bool = True,
         tune_malloc: bool = True,
         act_threads: Optional[int] = None,
+        exact_resume: bool = True,
     ):
         if env_mode not in ("sync", "async"):
             raise ValueError(f"Experiment.env_mode must be 'sync' or 'async', got {env_mode!r}")
@@ -129,7 +140,7 @@ class Experiment:
         self.offline, self.online_after_updates = offline, online_after_updates
         self.eval_every_epochs, self.eval_trials, self.eval_sample = eval_every_epochs, eval_trials, eval_sample
         self.checkpoint_every_epochs, self.keep_checkpoints = checkpoint_every_epochs, keep_checkpoints
-        self.seed, self.progress = seed, progress
+        self.seed, self.progress, self.exact_resume = seed, progress, exact_resume
 
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -152,10 +163,18 @@ class Experiment:
             self.run_dir / "replay" / f"rank{self.rank}" if will_collect else None,  # each process its own fifo
             replay_capacity if will_collect else 0,
             protected_dirs=self.protected_dirs,
+            # Indexed only when the run says so (after each collection) and evictions kept
+            # until the next checkpoint: batches then depend on the counters, not on timing,
+            # and a resume can put the fifo back as its checkpoint saw it.
+            auto_refresh_s=None,
+            protected_refresh_s=None,
+            hold_evictions=True,
         )
         self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank,
                                    act_threads=act_threads)  # fmt: skip
         self.epoch = 0
+        if self.accelerator.is_main_process:  # no process writes a checkpoint before every one is built
+            remove_temp_files(self.run_dir / "checkpoints")
         self.logger = RunLogger(self.run_dir, config=dict(gin_config=gin.config_str()), wandb_project=wandb_project,
                                 use_wandb=use_wandb, rank=self.rank)  # fmt: skip
         self._prefetcher: Optional[Prefetcher] = None
@@ -184,19 +203,22 @@ class Experiment:
             return True
         return self.online_after_updates is not None and self.updates >= self.online_after_updates
 
-    def _batches(self):
-        if self._prefetcher is None:
-            self._prefetcher = Prefetcher(self.store, self.batch_size, self.max_seq_len,
-                                          seed=self.seed + 7919 * (self.rank + 1) + self.updates, device=self.device)  # fmt: skip
-        return self._prefetcher
+    def _batches(self, n_batches: int) -> Prefetcher:
+        """The next `n_batches` batches of this rank's stream: batch k (counting micro-batches
+        over the whole run) is a function of the seed, k and the store, so a resumed run draws
+        the batches the first run drew."""
+        first = self.updates * self.learner.accum_steps
+        return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
+                          first_batch=first, n_batches=n_batches, device=self.device)  # fmt: skip
 
     # ---------------------------------------------------------------- checkpoints
     def _rank_state(self) -> Dict[str, Any]:
-        """What only this process knows: its RNG streams and its replay index."""
-        return dict(rng=capture_rng_states(), replay=self.store.state_dict())
+        """What only this process knows: its RNG streams, its replay index and its rollout counters."""
+        return dict(rng=capture_rng_states(), replay=self.store.state_dict(), collector=self.collector.counters_state())
 
     def state_dict(self) -> Dict[str, Any]:
-        """The whole run's state. Every process must call it (it gathers each rank's part)."""
+        """The whole run's state, plain data only (weights_only-loadable). Every process must
+        call it: it gathers each rank's part."""
         return dict(
             **self.learner.state_dict(),
             counters=dict(epoch=self.epoch, updates=self.updates, env_steps=self.env_steps),
@@ -204,34 +226,57 @@ class Experiment:
             ranks=gather_object([self._rank_state()]),  # [world]: rank r's own streams and index
         )
 
+    def _rollout_path(self, checkpoint: Path) -> Path:
+        return checkpoint.with_name(f"{checkpoint.stem}.rollout-rank{self.rank}.pt")
+
     def save_checkpoint(self) -> Optional[Path]:
-        """Write a checkpoint (rank 0 writes, every process takes part). Returns its path on rank 0."""
+        """Write a checkpoint (rank 0 writes, every process takes part). Returns its path on rank 0.
+
+        With `exact_resume`, each rank also writes `ckpt-N.rollout-rank<r>.pt` beside it: its
+        envs pickled whole and its rollouts in progress (`Collector.rollout_state`), which a
+        resume continues exactly. That file holds pickles, so only `--resume` reads it, never
+        `amago2 eval` or `load_weights`; resume only run directories you trust.
+        """
+        ckpt_dir = self.run_dir / "checkpoints"
+        final = checkpoint_path(ckpt_dir, self.updates)
         state = self.state_dict()
         self.logger.write_csv()
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return None
-        path = save_checkpoint(self.run_dir / "checkpoints", self.updates, state, keep=self.keep_checkpoints)
-        self.accelerator.wait_for_everyone()  # no rank runs ahead of a checkpoint that may not exist yet
-        return path
+        if self.exact_resume:
+            save_atomically(self._rollout_path(final), self.collector.rollout_state())
+        self.accelerator.wait_for_everyone()  # every rank's rollouts are on disk before the checkpoint is
+        if self.accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, self.updates, state, keep=self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        kept = {p.stem for p in checkpoint_paths(ckpt_dir)}
+        for side in ckpt_dir.glob(f"ckpt-*.rollout-rank{self.rank}.pt"):
+            if side.name.split(".")[0] not in kept:
+                side.unlink(missing_ok=True)
+        self.store.commit_evictions()  # the new checkpoint no longer indexes them
+        return final if self.accelerator.is_main_process else None
 
     def load_state(self, state: Dict[str, Any], weights_only: bool = False) -> None:
         self.learner.load_state_dict(state, weights_only=weights_only)
         if weights_only:
             return
         c = state["counters"]
-        self.epoch, self.learner.updates, self.collector.env_steps = c["epoch"], c["updates"], c["env_steps"]
+        self.epoch, self.learner.updates = c["epoch"], c["updates"]
         ranks = state["ranks"]
         if self.rank < len(ranks):
             restore_rng_states(ranks[self.rank]["rng"])
             self.store.load_state_dict(ranks[self.rank]["replay"])
+            self.collector.load_counters_state(ranks[self.rank]["collector"])
         else:  # more processes than the run had: a new rank starts new streams, apart from the others
             seed_everything(self.seed + 1000 * self.rank + self.updates)
+            self.collector.env_steps = c["env_steps"] // max(1, len(ranks))
             if self.accelerator.is_local_main_process:
                 print(f"rank {self.rank}: the checkpoint was written by {len(ranks)} processes; this rank starts fresh RNG streams")
 
     def resume(self) -> bool:
-        """Load the newest loadable checkpoint of this run directory. Returns False if there is none."""
+        """Load the newest loadable checkpoint of this run directory. Returns False if there is none.
+
+        On CPU with sync envs that pickle, the resumed run repeats what the first run did after
+        that checkpoint (see docs/training.md); otherwise it warns why not and the envs start
+        new trials, seeded from the counters so that they do not replay the first ones."""
         # Loaded to the CPU: the RNG states must stay CPU tensors, and load_state_dict copies
         # weights and optimizer moments onto the parameters' device.
         found = load_latest(self.run_dir / "checkpoints", map_location="cpu")
@@ -239,6 +284,17 @@ class Experiment:
             return False
         path, state = found
         self.load_state(state)
+        side = self._rollout_path(path)
+        if not self.exact_resume:
+            why: Optional[str] = "Experiment.exact_resume is off"
+        elif not side.is_file():
+            why = f"{side.name} is missing"
+        else:
+            why = self.collector.restore_rollouts(torch.load(side, map_location="cpu", weights_only=False))
+        if why is not None:
+            warnings.warn(f"resume from {path.name} is not exact: {why}. The envs start new trials.", stacklevel=2)
+            self.train_pool.reseed(int(np.random.SeedSequence([self.seed, self.rank, self.env_steps]).generate_state(1)[0]))
+            self.collector.tokens = None
         if self.accelerator.is_main_process:
             print(f"resumed from {path} (epoch {self.epoch}, {self.updates} updates, {self.env_steps} env steps)")
         return True
@@ -265,18 +321,20 @@ class Experiment:
         mean metrics and the time split."""
         sums: Dict[str, float] = {}
         t_wait = t_learn = 0.0
-        batches = self._batches()
-        for _ in range(self.updates_per_epoch):
-            t0 = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(self.learner.accum_steps)]
-            t1 = time.perf_counter()
-            metrics = self.update(micro_batches)
-            t2 = time.perf_counter()
-            t_wait, t_learn = t_wait + t1 - t0, t_learn + t2 - t1
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not None:
-                bar.update(1)
+        self._prefetcher = self._batches(self.updates_per_epoch * self.learner.accum_steps)
+        with self._prefetcher as batches:
+            for _ in range(self.updates_per_epoch):
+                t0 = time.perf_counter()
+                micro_batches = [next(batches) for _ in range(self.learner.accum_steps)]
+                t1 = time.perf_counter()
+                metrics = self.update(micro_batches)
+                t2 = time.perf_counter()
+                t_wait, t_learn = t_wait + t1 - t0, t_learn + t2 - t1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if bar is not None:
+                    bar.update(1)
+        self._prefetcher = None
         n = max(1, self.updates_per_epoch)
         out = {k: v / n for k, v in sums.items()}
         out.update(sample_wait_s=t_wait, learn_s=t_learn, updates_per_s=n / max(t_wait + t_learn, 1e-9))

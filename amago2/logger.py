@@ -251,6 +251,8 @@ class RunLogger:
         if not self.active:
             return
         self.wall_time_offset = float(wall_time_offset) if wall_time_offset is not None else _last_wall_time(self.path)
+        for torn in self.run_dir.glob(".metrics_*.tmp") if self.run_dir.is_dir() else []:
+            torn.unlink(missing_ok=True)  # a CSV rewrite that a killed run left half-done
         if wandb_wanted(use_wandb):
             self._wandb_run = self._init_wandb(config, wandb_project, run_name, forced=use_wandb is True)
 

@@ -367,3 +367,47 @@ def test_collector_acts_with_one_thread_beside_async_workers():
             assert torch.get_num_threads() == before  # restored afterwards
         finally:
             pool.close()
+
+
+class _Unpicklable(ToyEnv):
+    def __reduce__(self):
+        raise TypeError("holds a native handle")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_restored_snapshot_continues_exactly(mode):
+    """A pool restored from a snapshot gives what the original gives next: the same tokens,
+    rewards and new trials, from the same env RNG states and trial progress."""
+    def steps(pool, actions):
+        return [pool.step(a) for a in actions]
+
+    actions = np.random.default_rng(0).integers(0, 3, size=(12, 3))
+    with make_pool("amago2/MetaBandit-v0", 3, mode=mode, trial_episodes=2, seed=4, env_kwargs={"n_arms": 3, "pulls": 5}) as a:
+        a.reset()
+        steps(a, actions[:5])
+        snap = a.snapshot()
+        assert all(blob is not None for blob, _ in snap["envs"])
+        expected = steps(a, actions[5:])
+    with make_pool("amago2/MetaBandit-v0", 3, mode=mode, trial_episodes=2, seed=99, env_kwargs={"n_arms": 3, "pulls": 5}) as b:
+        b.restore(snap)
+        got = steps(b, actions[5:])  # no reset: the restored envs are mid-trial
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e.tokens["obs"], g.tokens["obs"])
+        np.testing.assert_array_equal(e.rewards, g.rewards)
+        np.testing.assert_array_equal(e.new_trial, g.new_trial)
+    assert any(r.new_trial.any() for r in expected), "the steps crossed a trial boundary"
+
+
+def test_an_env_that_does_not_pickle_is_named_in_the_snapshot_and_restore_refuses_it():
+    pool = EnvPool([lambda: AgentEnv(ToyEnv()), lambda: AgentEnv(_Unpicklable())])
+    pool.reset()
+    snap = pool.snapshot()
+    assert snap["envs"][0][0] is not None
+    assert snap["envs"][1][0] is None and "native handle" in snap["envs"][1][1]
+    with pytest.raises(ValueError, match="pickled copy of each"):
+        pool.restore(snap)
+    pool.reseed(50)  # the fallback: fresh trials, seeded apart from the first ones
+    first = pool.reset()
+    again = EnvPool([lambda: AgentEnv(ToyEnv()), lambda: AgentEnv(ToyEnv())], seed=50).reset()
+    np.testing.assert_array_equal(first["obs"], again["obs"])
+    pool.close()

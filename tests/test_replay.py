@@ -26,6 +26,7 @@ from amago2.data import (
     load_trajectory,
     load_trajectory_with_meta,
     read_metadata,
+    batch_rng,
     save_trajectory,
     split_segments,
     to_torch,
@@ -498,6 +499,29 @@ def test_segment_writer_of_an_unfinished_rollout(tmp_path):
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def test_a_resumed_store_samples_what_the_checkpoint_indexed(tmp_path):
+    """Files evicted after a checkpoint come back and files collected after it are set aside
+    (kept, not sampled), so a resume draws the batches the first run drew from there."""
+    from amago2.data.fifo_rewind import AFTER_CHECKPOINT_DIR, EVICTED_DIR
+
+    a = store(tmp_path, capacity=300, hold_evictions=True)
+    for i in range(8):
+        a.add(make_traj(50, fid=i))
+    assert len(list((tmp_path / "store" / EVICTED_DIR).iterdir())) == 2, "evictions wait for a commit"
+    assert a.commit_evictions() == 2 and not list((tmp_path / "store" / EVICTED_DIR).iterdir())
+    state, at_checkpoint = a.state_dict(), a.paths()
+    expected = a.sample(16, 8, np.random.default_rng(1))
+    for i in range(8, 11):  # collected after the checkpoint, evicting 3 files it indexed; then killed
+        a.add(make_traj(50, fid=i))
+    b = store(tmp_path, capacity=300, hold_evictions=True)
+    b.load_state_dict(state)
+    assert b.paths() == at_checkpoint
+    got = b.sample(16, 8, np.random.default_rng(1))
+    np.testing.assert_array_equal(got["obs"], expected["obs"])
+    aside = sorted((tmp_path / "store" / AFTER_CHECKPOINT_DIR).iterdir())
+    assert [int(load_trajectory(p)["obs"][0, 0]) for p in aside] == [8, 9, 10], "nothing collected is lost"
+
+
 def test_state_dict_round_trip(tmp_path):
     a = store(tmp_path, capacity=300)
     paths = [a.add(make_traj(50, fid=i)) for i in range(8)]
@@ -536,11 +560,31 @@ def test_dataset_and_prefetcher_yield_torch_batches(tmp_path):
     with Prefetcher(s, 5, 8, seed=0, depth=2) as prefetch:
         batches = [next(prefetch) for _ in range(3)]
     assert all(b["obs"]["ids"].shape == (5, 9, 2) and b["mask"].dtype == torch.bool for b in batches)
-    ref = s.sample(5, 8, np.random.default_rng(np.random.SeedSequence(0).spawn(1)[0]))
-    np.testing.assert_array_equal(batches[0]["obs"]["ids"].numpy(), ref["obs"]["ids"])  # one thread: reproducible
+    ref = s.sample(5, 8, batch_rng(0, 0))
+    np.testing.assert_array_equal(batches[0]["obs"]["ids"].numpy(), ref["obs"]["ids"])  # batch k: batch_rng(seed, k)
 
     with pytest.raises(RuntimeError, match="prefetch thread failed"):
         next(iter(Prefetcher(store(tmp_path / "empty"), 2, 4)))
+
+
+def test_a_seeded_prefetch_stream_is_the_same_whatever_the_threads_and_where_it_restarts(tmp_path):
+    s = store(tmp_path)
+    for i in range(6):
+        s.add(make_traj(40 + 7 * i, fid=i))
+
+    def ids(prefetch):
+        with prefetch:
+            return [b["obs"][:, 0].numpy().copy() for b in prefetch]
+
+    one = ids(Prefetcher(s, 4, 8, seed=3, n_batches=10))
+    three = ids(Prefetcher(s, 4, 8, seed=3, n_batches=10, num_threads=3, depth=1))
+    tail = ids(Prefetcher(s, 4, 8, seed=3, first_batch=6, n_batches=4, num_threads=2))
+    assert len(one) == 10, "a finite stream stops after n_batches"
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(one[6:], tail):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(one[0], x) for x in one[1:])
 
 
 def test_dataloader_workers_draw_different_samples(tmp_path):

@@ -1,8 +1,10 @@
+"""Trajectory files on disk, the replay store over them, and training batches sampled from it."""
+
 from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS
 from amago2.data.replay import ReplayStore, ReplayWarning
 from amago2.data.segments import SegmentWriter, split_segments, write_segments
-from amago2.data.torch_batches import Prefetcher, ReplayDataset, to_torch
+from amago2.data.torch_batches import Prefetcher, ReplayDataset, batch_rng, to_torch
 from amago2.data.trajectory_format import FORMAT_VERSION, CorruptTrajectoryError, check_trajectory
 from amago2.data.trajectory_reader import TrajectoryFile, load_trajectory, load_trajectory_with_meta, read_metadata
 
@@ -26,5 +28,6 @@ __all__ = [
     "ReplayDataset",
     "ReplayStore",
     "ReplayWarning",
+    "batch_rng",
     "to_torch",
 ]

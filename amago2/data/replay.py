@@ -21,7 +21,7 @@ stored transitions; the store's `WindowSampler` (sampler.py) chooses the windows
 them through its cache. `torch_batches.py` turns samples into torch batches off the
 training thread.
 
-This module is longer than the others (about 500 lines) because it is one class: the index,
+This module is longer than the others (about 550 lines) because it is one class: the index,
 its refresh, eviction, writes into the fifo, the checkpointed fifo order and the copies for
 workers all read and change the same index under the same lock.
 """
@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import gin
 import numpy as np
 
+from amago2.data.fifo_rewind import delete_held, hold, rewind
 from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.sampler import Batch, Snapshot, WindowSampler
 from amago2.data.segments import SegmentWriter, write_segments
@@ -117,6 +118,9 @@ class ReplayStore:
     readonly: never write, delete or clean anything (DataLoader workers' copies are readonly).
     stale_temp_s: temp files older than this are removed at startup even if their writer's pid
         still exists (see cleanup_temp_files).
+    hold_evictions: evicted files wait in `<dir>/evicted/` until `commit_evictions()`, and
+        `load_state_dict` puts the fifo back as the state saw it (see fifo_rewind.py): what
+        an exact resume from a checkpoint needs.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class ReplayStore:
         fsync: bool = True,
         readonly: bool = False,
         stale_temp_s: float = 3600.0,
+        hold_evictions: bool = False,
     ):
         if capacity_timesteps < 0:
             raise ValueError(f"capacity_timesteps must be >= 0 (0: no fifo), got {capacity_timesteps}")
@@ -163,6 +168,7 @@ class ReplayStore:
         self.fsync = fsync
         self.readonly = readonly
         self.stale_temp_s = stale_temp_s
+        self.hold_evictions = hold_evictions and self.fifo_dir is not None
 
         self._lock = threading.RLock()  # guards the index and counters
         self._init_runtime_state()
@@ -173,6 +179,7 @@ class ReplayStore:
         self._protected_steps = 0
         self.added_files = self.added_timesteps = 0  # fifo files registered (ever, across resumes)
         self.evicted_files = self.evicted_timesteps = 0
+        self._newest_ns: Optional[int] = None  # creation time of the newest fifo file ever indexed
         if self.fifo_dir is not None and not readonly:
             self.fifo_dir.mkdir(parents=True, exist_ok=True)
         if not readonly:
@@ -300,6 +307,9 @@ class ReplayStore:
             self._fifo_steps += entry.length
             self.added_files += 1
             self.added_timesteps += entry.length
+            parsed = parse_trajectory_filename(os.path.basename(entry.path))
+            if parsed is not None and (self._newest_ns is None or parsed[0] > self._newest_ns):
+                self._newest_ns = parsed[0]
         self._snapshot = None
 
     def _remove(self, entry: _Entry) -> None:
@@ -333,10 +343,21 @@ class ReplayStore:
             self._remove(entry)
             self.evicted_files += 1
             self.evicted_timesteps += entry.length
+            if self.hold_evictions:
+                hold(Path(entry.path), self.root)
+                continue
             try:
                 os.unlink(entry.path)
             except FileNotFoundError:  # another process evicted it first
                 pass
+
+    def commit_evictions(self) -> int:
+        """Delete the held evictions (call once a checkpoint that no longer indexes them is on
+        disk); returns how many files were deleted."""
+        if not self.hold_evictions or self.readonly:
+            return 0
+        with self._lock:
+            return delete_held(self.root)
 
     def _register_fifo(self, path: Path) -> None:
         parsed = parse_trajectory_filename(path.name)
@@ -461,6 +482,7 @@ class ReplayStore:
             return dict(
                 version=_STATE_VERSION,
                 fifo=fifo,
+                newest_ns=self._newest_ns,  # files created later were collected after this state
                 added_files=self.added_files,
                 added_timesteps=self.added_timesteps,
                 evicted_files=self.evicted_files,
@@ -468,13 +490,16 @@ class ReplayStore:
             )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the fifo order (files still on disk keep their saved order; newer ones follow) and counters."""
+        """Restore the fifo order (files still on disk keep their saved order; newer ones follow) and
+        counters. With `hold_evictions`, first put the fifo's files back as the state saw them."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"ReplayStore state version {state.get('version')} is not {_STATE_VERSION}; "
                 "was it saved by this version of amago2?"
             )
         with self._lock:
+            if self.hold_evictions and not self.readonly:
+                rewind(self.root, self.fifo_dir, state["fifo"], state.get("newest_ns"))
             readonly, self.readonly = self.readonly, True  # no eviction until the order is restored
             try:
                 self.refresh()
@@ -490,6 +515,11 @@ class ReplayStore:
             self.added_timesteps = int(state["added_timesteps"])
             self.evicted_files = int(state["evicted_files"])
             self.evicted_timesteps = int(state["evicted_timesteps"])
+            saved_newest = state.get("newest_ns")
+            if self.hold_evictions or self._newest_ns is None:  # the fifo is as the state saw it
+                self._newest_ns = saved_newest
+            elif saved_newest is not None:
+                self._newest_ns = max(self._newest_ns, int(saved_newest))
             self._snapshot = None
             if not self.readonly:
                 self._evict()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -115,6 +115,17 @@ class SegmentWriter:
             self.close(returns=returns)
         elif len(self._tokens) == self.max_segment_len + 1:
             self._flush(cut=True)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The rollout in progress (its unwritten tokens and which segment comes next), for a
+        checkpoint; `load_state_dict` on a writer for the same directory continues it."""
+        return dict(task=self.task, paths=[str(p) for p in self.paths], tokens=list(self._tokens),
+                    source=self._source, offset=self._offset, closed=self._closed)  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.task, self.paths = state["task"], [Path(p) for p in state["paths"]]
+        self._tokens, self._source = list(state["tokens"]), state["source"]
+        self._offset, self._closed = state["offset"], state["closed"]
 
     def close(self, returns: Optional[Sequence[float]] = None) -> List[Path]:
         """Write the buffered rest (if it holds a transition); return all paths written."""

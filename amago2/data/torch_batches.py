@@ -82,11 +82,23 @@ class _Failure:
         self.err = err
 
 
+def batch_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of batch number `index` of a seeded stream: a function of the two
+    numbers alone, so batch k is the same whichever thread samples it and whenever."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
 class Prefetcher:
     """Sample batches in background threads while the learner trains; iterate to get torch batches.
 
     File reads and numpy copies release the GIL, so a thread or two hide most sampling time.
-    With num_threads=1 and a seed the stream of batches is reproducible.
+
+    With a `seed`, batch k (counting from `first_batch`) is drawn from `batch_rng(seed, k)`
+    and batches come out in order whatever the number of threads: the stream is a function
+    of the seed and the store's contents, so a run restarted at batch k (a resume) draws what
+    the first run drew. `n_batches` makes the stream finite; then nothing is sampled past it,
+    so a store refreshed after the last batch cannot leak into it. Without a seed the threads
+    draw from fresh random streams and batches come as they are ready.
 
         with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
             for step, batch in zip(range(n_steps), batches): ...
@@ -99,6 +111,8 @@ class Prefetcher:
         seq_len: int,
         *,
         seed: Optional[int] = None,
+        first_batch: int = 0,
+        n_batches: Optional[int] = None,
         depth: int = 2,
         num_threads: int = 1,
         device: Union[str, torch.device, None] = None,
@@ -108,8 +122,14 @@ class Prefetcher:
             raise ValueError(f"depth and num_threads must be >= 1, got {depth} and {num_threads}")
         self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
         self.device, self.pin_memory = device, pin_memory
+        self.seed = seed
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._claim_lock = threading.Lock()
+        self._next_claim = first_batch  # the next batch number a thread will sample
+        self._next_out = first_batch  # the next batch number handed out
+        self._end = None if n_batches is None else first_batch + n_batches
+        self._ready: Dict[int, Any] = {}  # sampled out of order, waiting for their turn
         seqs = np.random.SeedSequence(seed).spawn(num_threads)
         self._threads = [
             threading.Thread(
@@ -120,16 +140,28 @@ class Prefetcher:
         for t in self._threads:
             t.start()
 
+    def _claim(self) -> Optional[int]:
+        with self._claim_lock:
+            k = self._next_claim
+            if self._end is not None and k >= self._end:
+                return None
+            self._next_claim += 1
+            return k
+
     def _work(self, rng: np.random.Generator) -> None:
         try:
             while not self._stop.is_set():
-                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, rng))
+                k = self._claim()
+                if k is None:
+                    return
+                draw = rng if self.seed is None else batch_rng(self.seed, k)
+                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, draw))
                 if self.pin_memory:
                     batch = _pin(batch)
-                if not self._put(batch):
+                if not self._put((k, batch)):
                     return
         except BaseException as err:  # handed to the consumer, which re-raises it
-            self._put(_Failure(err))
+            self._put((None, _Failure(err)))
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -144,12 +176,20 @@ class Prefetcher:
         return self
 
     def __next__(self) -> Dict[str, Any]:
-        if self._stop.is_set():
+        if self._stop.is_set() or (self._end is not None and self._next_out >= self._end):
             raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, _Failure):
-            self.close()
-            raise RuntimeError(f"replay prefetch thread failed: {item.err!r}") from item.err
+        while True:
+            if self.seed is not None and self._next_out in self._ready:
+                item = self._ready.pop(self._next_out)
+                break
+            k, item = self._queue.get()
+            if isinstance(item, _Failure):
+                self.close()
+                raise RuntimeError(f"replay prefetch thread failed: {item.err!r}") from item.err
+            if self.seed is None or k == self._next_out:
+                break
+            self._ready[k] = item
+        self._next_out += 1
         if self.device is None:
             return item
         return to_torch(item, self.device, non_blocking=self.pin_memory)
@@ -162,6 +202,7 @@ class Prefetcher:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        self._ready.clear()
         for t in self._threads:
             t.join(timeout=5.0)
 

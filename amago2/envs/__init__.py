@@ -14,7 +14,8 @@ from amago2.envs.tasks import (
 from amago2.envs.spaces import ActionConverter, ObservationConverter
 from amago2.envs.wrappers import AgentEnv
 from amago2.envs.mixture import TaskMixture
-from amago2.envs.pool import EnvPool, EnvPoolError, StepResult, make_pool
+from amago2.envs.pool import EnvPool, EnvPoolError, StepResult
+from amago2.envs.pool_factory import make_pool
 
 # `import amago2.envs` registers amago2/TMaze-v0, amago2/MetaBandit-v0, amago2/MetaGridworld-v0.
 register_tasks()

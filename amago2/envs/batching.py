@@ -8,9 +8,11 @@ The sync `EnvPool` steps all its envs as one slice in its own process; every asy
 
 from __future__ import annotations
 
+import pickle
 import traceback
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import cloudpickle  # comes with gymnasium
 import numpy as np
 from gymnasium import spaces
 
@@ -73,6 +75,32 @@ def reset_envs(envs: Sequence[AgentEnv], seeds: Optional[Sequence[int]], offset:
             raise EnvPoolError(offset + j, _env_label(env), "reset()", traceback.format_exc()) from e
         tokens.append(token)
     return _stack(tokens)
+
+
+def snapshot_envs(envs: Sequence[AgentEnv]) -> List[Tuple[Optional[bytes], str]]:
+    """Each env of a slice pickled whole (its simulator, RNG and trial progress), for an exact
+    resume: (bytes, "") per env, or (None, why) for an env that does not pickle."""
+    out: List[Tuple[Optional[bytes], str]] = []
+    for env in envs:
+        try:  # cloudpickle: the wrappers' converters hold lambdas; pickle.loads reads its output
+            out.append((cloudpickle.dumps(env, protocol=pickle.HIGHEST_PROTOCOL), ""))
+        except Exception as e:  # a native handle, an open file, a lambda...
+            out.append((None, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def restore_envs(envs: List[AgentEnv], blobs: Sequence[bytes], offset: int) -> None:
+    """Replace every env of a slice, in place, by its `snapshot_envs` bytes."""
+    for j, blob in enumerate(blobs):
+        try:
+            restored = pickle.loads(blob)
+        except Exception as e:
+            raise EnvPoolError(offset + j, _env_label(envs[j]), "restoring a snapshot", traceback.format_exc()) from e
+        try:
+            envs[j].close()
+        except Exception:
+            pass  # the env it replaces is discarded either way
+        envs[j] = restored
 
 
 def step_envs(envs: Sequence[AgentEnv], actions: np.ndarray, offset: int) -> Tuple[Any, ...]:

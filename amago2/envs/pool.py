@@ -30,12 +30,12 @@ Consequences of spawn:
   same in both modes.
 
 The envs are stepped by `amago2.envs.batching` (the same code in both modes); the worker
-processes and their messages are `amago2.envs.worker`.
+processes and their messages are `amago2.envs.worker`; `make_pool` (in
+`amago2.envs.pool_factory`) builds a pool from gym ids or env factories.
 """
 
 from __future__ import annotations
 
-import functools
 import multiprocessing as mp
 import os
 import traceback
@@ -48,7 +48,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from amago2.envs.batching import EnvPoolError, check_envs, concat_tokens, describe_env, reset_envs, step_envs
+from amago2.envs.batching import (
+    EnvPoolError,
+    check_envs,
+    concat_tokens,
+    describe_env,
+    reset_envs,
+    restore_envs,
+    snapshot_envs,
+    step_envs,
+)
 from amago2.envs.worker import capture_gin_state, pickle_env_fn, receive_message, send_message, spawn_worker
 from amago2.envs.wrappers import AgentEnv, Token
 
@@ -110,6 +119,7 @@ class EnvPool:
     API:
         reset() -> batched tokens (every env starts a new trial)
         step(actions) -> StepResult
+        snapshot() / restore(snapshot): the envs pickled whole, for exact resumes
         env_names, n_envs, observation_space, action_space, close(); also a context manager.
 
     All envs must give the same observation structure (keys, shapes, dtypes) and the same
@@ -329,6 +339,34 @@ class EnvPool:
             infos=infos,
         )
 
+    def snapshot(self) -> Dict[str, Any]:
+        """Everything that decides the pool's future: every env pickled whole (None, with the
+        reason, for an env that does not pickle) and the seeding state. Used by checkpoints;
+        `restore` on a pool of the same envs continues exactly from here."""
+        self._check_open()
+        if self.mode == "sync":
+            envs = snapshot_envs(self._envs)
+        else:
+            envs = [e for part in self._request([("snapshot", None)] * len(self._conns), "snapshot()") for e in part]
+        return dict(envs=envs, seed=self.seed, seeded=self._seeded, needs_reset=self._needs_reset)
+
+    def restore(self, snapshot: Dict[str, Any]) -> None:
+        """Undo `snapshot`: replace every env by its pickled copy. Every env must have been
+        pickled (see `snapshot`); otherwise use `reseed` and reset."""
+        self._check_open()
+        blobs = [blob for blob, _ in snapshot["envs"]]
+        if len(blobs) != self.n_envs or any(b is None for b in blobs):
+            raise ValueError(f"EnvPool.restore needs a pickled copy of each of its {self.n_envs} envs")
+        if self.mode == "sync":
+            restore_envs(self._envs, blobs, 0)
+        else:
+            self._request([("restore", blobs[lo:hi]) for lo, hi in self._slices], "restore()")
+        self.seed, self._seeded, self._needs_reset = snapshot["seed"], snapshot["seeded"], snapshot["needs_reset"]
+
+    def reseed(self, seed: int) -> None:
+        """The next `reset()` starts every env's trial afresh with seed `seed + i`."""
+        self.seed, self._seeded, self._needs_reset = int(seed), False, True
+
     def close(self) -> None:
         """Close every env and stop the workers. Safe to call more than once."""
         self._closed = True
@@ -374,67 +412,3 @@ class EnvPool:
 # --------------------------------------------------------------------------------------
 # Convenience
 # --------------------------------------------------------------------------------------
-
-
-def _build_agent_env(spec: EnvSpec, trial_episodes: int, env_kwargs: Dict[str, Any]) -> AgentEnv:
-    """One env of make_pool (module-level so that it pickles without cloudpickle)."""
-    env = gym.make(spec, **env_kwargs) if isinstance(spec, str) else spec(**env_kwargs)
-    if isinstance(env, AgentEnv):
-        return env  # already wrapped: its own trial_episodes and name stand
-    if not isinstance(env, gym.Env):
-        raise TypeError(
-            f"make_pool: {spec!r} returned a {type(env).__name__}; it must return a gymnasium.Env "
-            f"or an AgentEnv."
-        )
-    return AgentEnv(env, trial_episodes=trial_episodes)
-
-
-@gin.configurable
-def make_pool(
-    env: Union[EnvSpec, Sequence[EnvSpec]],
-    n_envs: int,
-    mode: str = "sync",
-    trial_episodes: int = 1,
-    seed: int = 0,
-    env_kwargs: Optional[Dict[str, Any]] = None,
-    n_workers: Optional[int] = None,
-) -> EnvPool:
-    """A pool of `n_envs` envs from a gym id, a factory, or a list of them.
-
-    Args:
-        env: a registered gymnasium id, a callable returning a gymnasium env or an
-            `AgentEnv`, or a list of those (multi-task: env i runs entry i % len(list), so
-            each actor keeps one task; with n_envs < len(list) the later entries go unused).
-        n_envs: number of envs.
-        mode, seed, n_workers: see `EnvPool`.
-        trial_episodes: episodes per trial for envs this function wraps in `AgentEnv`
-            (a callable that returns an AgentEnv keeps its own).
-        env_kwargs: keyword arguments for `gym.make(id, **env_kwargs)`, or for the callable.
-    """
-    if int(n_envs) != n_envs or n_envs < 1:
-        raise ValueError(f"make_pool: n_envs must be a positive integer, got {n_envs!r}")
-    if isinstance(env, gym.Env):
-        raise TypeError(
-            f"make_pool: got an env instance ({type(env).__name__}); pass a gym id or a callable "
-            f"that builds the env (each env of a pool needs its own instance), e.g. "
-            f"`lambda: MyEnv()` instead of `MyEnv()`."
-        )
-    if isinstance(env, str) or callable(env):
-        entries: List[Any] = [env]
-    elif isinstance(env, Sequence) and len(env) > 0:
-        entries = list(env)
-    else:
-        raise ValueError(f"make_pool: env must be a gym id, a callable, or a non-empty list of them; got {env!r}")
-    for k, entry in enumerate(entries):
-        if isinstance(entry, gym.Env) or not (isinstance(entry, str) or callable(entry)):
-            raise TypeError(
-                f"make_pool: entry {k} is a {type(entry).__name__}. Pass a gym id or a callable "
-                f"that builds the env (each env of a pool needs its own instance), e.g. "
-                f"`lambda: MyEnv()` instead of `MyEnv()`."
-            )
-    kwargs = dict(env_kwargs or {})
-    fns = [
-        functools.partial(_build_agent_env, entries[i % len(entries)], int(trial_episodes), kwargs)
-        for i in range(int(n_envs))
-    ]
-    return EnvPool(fns, mode=mode, n_workers=n_workers, seed=seed)

@@ -5,7 +5,11 @@ A worker builds envs[offset : offset + k] from pickled factories, then serves co
 until told to close or until the parent goes away. Every message is one pickled tuple:
 
     parent -> worker:  ("reset", seeds or None) | ("step", actions [k, ...]) | ("close", None)
+                       | ("snapshot", None) | ("restore", [pickled env] * k)
     worker -> parent:  ("ok", result) | ("error", (env index, env name, phase, traceback text))
+
+("snapshot", None) answers with `batching.snapshot_envs` of the slice (for a checkpoint);
+("restore", blobs) replaces the slice's envs by those pickles (for a resume).
 
 The first reply, sent unasked once the envs are built, is ("ok", (descriptions, notes)):
 one `describe_env` dict per env and the warnings of the gin replay.
@@ -23,7 +27,7 @@ from typing import Any, Callable, List, NamedTuple, Sequence, Tuple
 import gin
 from gin import config_parser
 
-from amago2.envs.batching import EnvPoolError, describe_env, reset_envs, step_envs
+from amago2.envs.batching import EnvPoolError, describe_env, reset_envs, restore_envs, snapshot_envs, step_envs
 
 try:
     import cloudpickle as _cloudpickle
@@ -197,6 +201,11 @@ def run_worker(conn: Any, payloads: List[bytes], offset: int, gin_state: GinStat
                 send_message(conn, ("ok", step_envs(envs, arg, offset)))
             elif cmd == "reset":
                 send_message(conn, ("ok", reset_envs(envs, arg, offset)))
+            elif cmd == "snapshot":
+                send_message(conn, ("ok", snapshot_envs(envs)))
+            elif cmd == "restore":
+                restore_envs(envs, arg, offset)
+                send_message(conn, ("ok", None))
             else:
                 send_message(conn, ("error", (offset, "?", f"unknown command {cmd!r}", "")))
         except EnvPoolError as e:
