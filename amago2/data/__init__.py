@@ -1,3 +1,5 @@
+"""Trajectory data: the shared layout, trajectory files on disk, the replay store and its torch batches."""
+
 from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS
 from amago2.data.replay import ReplayStore, ReplayWarning
