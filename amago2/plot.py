@@ -1,164 +1,50 @@
-"""Learning curves and summaries of runs, from their `metrics.jsonl` (see amago2.logger).
-
-Metric names written by the training loop, which this module relies on:
-
-Records of kind "collect" (the training rollouts of an epoch) and "eval" (evaluation trials):
-
-- `return/<task>`: mean return of a whole trial (all its episodes) of that task;
-- `return/<task>/episode_<k>`: mean return of the k-th episode inside meta-RL trials
-  (k = 1..K; only when trials have more than one episode), the measure of in-context
-  adaptation: later episodes should do better than the first;
-- `success/<task>` and `success/<task>/episode_<k>`: the same for success (0/1), when the
-  environment reports success;
-- `return/all` (and `return/all/episode_<k>`, `success/all...`): the same over every trial of
-  every task; `return/task_mean`: the mean of the per-task means;
-- `normalized/...`: the same keys for the env's normalised score, where it has one;
-- `trials`: how many trials finished, plus timing figures.
-
-Records of kind "train": losses and diagnostics averaged over the epoch's updates, such as
-`critic_loss`, `actor_loss`, `filter_rate`, `q_gamma_<g>` (value estimate at discount g),
-`grad_norm`, `lr`, `updates_per_s`.
+"""Learning-curve figures of runs (`plot_runs`, `make_figure`), read through amago2.run_summary.
 
 `plot_runs` draws one PNG: a panel per task with its trial return (collect solid, eval
 dashed; "all" gets a panel of its own when there are several tasks), a panel with the return
 of each episode of the trial (mean over tasks), a success panel when success is logged, and a
 panel of critic and actor losses. Each run directory is one colour. Panels without data in
 any run are left out. Rendering uses matplotlib's Agg canvas directly, so no display is
-needed and pyplot's global state is left alone.
+needed and pyplot's global state is left alone. The metric names the panels read are listed
+in amago2.run_summary.
+
+`summarize`, `format_summary`, `load_runs` and `Run` live in amago2.run_summary and are also
+importable from here, where they were first documented.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
 
-from amago2.logger import METRICS_FILE, read_metrics
+from amago2.run_summary import (
+    RETURN_KINDS,
+    PathLike,
+    Run,
+    format_summary,
+    load_runs,
+    metric_series,
+    outcome_metrics,
+    pick_mean,
+    pick_metric,
+    summarize,
+)
 
-PathLike = Union[str, Path]
+__all__ = ["X_KEYS", "make_figure", "plot_runs", "smooth_series", "Run", "load_runs", "summarize", "format_summary"]
 
 X_KEYS = ("env_steps", "updates", "wall_time")
-RETURN_KINDS = ("collect", "eval")
-# return/<task> or return/<task>/episode_<k>; task names may themselves hold slashes.
-_METRIC = re.compile(r"^(?P<what>return|success)/(?P<task>.+?)(?:/episode_(?P<k>\d+))?$")
 _RUN_STYLES = ("-", "--", ":", "-.")
 
 
-# ---------------------------------------------------------------------------- reading
-@dataclass
-class Run:
-    """One run directory's records, grouped by kind, oldest first."""
-
-    path: Path
-    label: str
-    by_kind: Dict[str, List[Dict[str, Any]]] = field(default_factory=dict)
-
-    def records(self, kind: str) -> List[Dict[str, Any]]:
-        return self.by_kind.get(kind, [])
-
-
-def _position(rec: Dict[str, Any]) -> Tuple[float, float]:
-    return (rec.get("updates") or 0, rec.get("env_steps") or 0)
-
-
-def _drop_rewound(records: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    """Group records by kind, dropping those a resume rewound.
-
-    A run resumed from a checkpoint older than its last records logs again from the
-    checkpoint's counters; the earlier records past that point belong to a discarded
-    future, and keeping them would draw curves doubling back on themselves. A rewind is
-    seen when a kind's counters go back (within a kind they never do otherwise); records
-    of every kind past the new position are then dropped.
-    """
-    kept: List[Dict[str, Any]] = []
-    last: Dict[str, Tuple[float, float]] = {}
-    for rec in records:
-        kind, pos = str(rec.get("kind", "?")), _position(rec)
-        if kind in last and last[kind] > pos:
-            kept = [r for r in kept if _position(r) <= pos]
-            last = {str(r.get("kind", "?")): _position(r) for r in kept}  # the last kept of each kind
-        kept.append(rec)
-        last[kind] = pos
-    by_kind: Dict[str, List[Dict[str, Any]]] = {}
-    for rec in kept:
-        by_kind.setdefault(str(rec.get("kind", "?")), []).append(rec)
-    return by_kind
-
-
-def _check_run_dir(run_dir: PathLike) -> Path:
-    path = Path(run_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected a run directory made by `amago2 train`)")
-    if not (path / METRICS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path} is not a run directory: it has no {METRICS_FILE} "
-            "(a run directory is the --run-dir of `amago2 train`, holding config.gin and metrics.jsonl)"
-        )
-    return path
-
-
-def _labels(paths: Sequence[Path]) -> List[str]:
-    """Directory names, with more of the path where two runs share a name (seed1 vs seed1)."""
-    for depth in (1, 2, 3):
-        labels = ["/".join(p.resolve().parts[-depth:]) for p in paths]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [str(p) for p in paths]
-
-
-def load_runs(run_dirs: Sequence[PathLike]) -> List[Run]:
-    """Read every run directory (errors name the directory that is not a run)."""
-    if isinstance(run_dirs, (str, os.PathLike)):
-        run_dirs = [run_dirs]
-    paths = [_check_run_dir(d) for d in run_dirs]
-    if not paths:
-        raise ValueError("no run directories given")
-    return [Run(p, label, _drop_rewound(read_metrics(p))) for p, label in zip(paths, _labels(paths))]
-
-
 # ---------------------------------------------------------------------------- series
-def _value(v: Any) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _series(records: List[Dict[str, Any]], x: str, pick: Callable[[Dict[str, Any]], Optional[float]]):
-    """(xs, ys) of the records where `pick` finds a value (None in a record = skip the record)."""
-    xs, ys = [], []
-    for rec in records:
-        if rec.get(x) is None:
-            continue
-        y = pick(rec)
-        if y is not None:
-            xs.append(float(rec[x]))
-            ys.append(y)
-    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-
-
-def _key(name: str) -> Callable[[Dict[str, Any]], Optional[float]]:
-    return lambda rec: _value(rec[name]) if name in rec else None
-
-
-def _mean_of(names: Sequence[str]) -> Callable[[Dict[str, Any]], Optional[float]]:
-    """Mean over the tasks present in a record (NaNs ignored); None when none is present."""
-
-    def pick(rec):
-        vals = [_value(rec[n]) for n in names if n in rec]
-        if not vals:
-            return None
-        finite = [v for v in vals if math.isfinite(v)]
-        return float(np.mean(finite)) if finite else math.nan
-
-    return pick
-
-
 def smooth_series(ys: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average over `window` points, ignoring NaNs (NaN where all are NaN)."""
     if window <= 1 or len(ys) == 0:
@@ -170,19 +56,6 @@ def smooth_series(ys: np.ndarray, window: int) -> np.ndarray:
         if len(chunk):
             out[i] = chunk.mean()
     return out
-
-
-def _metric_names(runs: Sequence[Run], kinds: Sequence[str]) -> List[Tuple[str, str, str, Optional[int]]]:
-    """(name, what, task, k) of every return/success metric in the given kinds of records."""
-    seen: Dict[str, Tuple[str, str, str, Optional[int]]] = {}
-    for run in runs:
-        for kind in kinds:
-            for rec in run.records(kind):
-                for name in rec:
-                    if name not in seen and (m := _METRIC.match(name)):
-                        k = m.group("k")
-                        seen[name] = (name, m.group("what"), m.group("task"), int(k) if k else None)
-    return list(seen.values())
 
 
 # ---------------------------------------------------------------------------- figure
@@ -235,7 +108,7 @@ def _task_panels(runs: List[Run], names, max_task_panels: int, smooth: int) -> L
             drawn = False
             for i, run in enumerate(runs):
                 for kind, style in (("collect", "-"), ("eval", "--")):
-                    xs, ys = _series(run.records(kind), x, _key(f"return/{task}"))
+                    xs, ys = metric_series(run.records(kind), x, pick_metric(f"return/{task}"))
                     if len(xs):
                         label = kind if single else f"{run.label} ({kind})"
                         ax.plot(xs, smooth_series(ys, smooth), style, color=f"C{i % 10}", label=label)
@@ -265,7 +138,7 @@ def _episode_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
                 per_k = {}
                 for k in episodes:
                     keys = _pooled(names, "return", k)
-                    xs, ys = _series(run.records(kind), x, _mean_of(keys))
+                    xs, ys = metric_series(run.records(kind), x, pick_mean(keys))
                     if len(xs):
                         per_k[k] = (xs, ys)
                 if per_k:
@@ -290,7 +163,7 @@ def _success_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
         drawn = False
         for i, run in enumerate(runs):
             for kind, style in (("collect", "-"), ("eval", "--")):
-                xs, ys = _series(run.records(kind), x, _mean_of(keys))
+                xs, ys = metric_series(run.records(kind), x, pick_mean(keys))
                 if len(xs):
                     label = kind if single else f"{run.label} ({kind})"
                     ax.plot(xs, smooth_series(ys, smooth), style, color=f"C{i % 10}", label=label)
@@ -311,7 +184,7 @@ def _loss_panel(runs: List[Run], x: str, smooth: int) -> List[_Panel]:
         drawn = False
         for i, run in enumerate(runs):
             for name, style in zip(losses, ("-", "--")):
-                xs, ys = _series(run.records("train"), x_key, _key(name))
+                xs, ys = metric_series(run.records("train"), x_key, pick_metric(name))
                 if len(xs):
                     label = name if single else f"{run.label}: {name}"
                     ax.plot(xs, smooth_series(ys, smooth), style, color=f"C{i % 10}", label=label)
@@ -340,7 +213,7 @@ def make_figure(run_dirs: Sequence[PathLike], x: str = "env_steps", smooth: int 
     runs = load_runs(run_dirs)
     if not any(r.by_kind for r in runs):
         raise ValueError(f"no metrics logged yet in {', '.join(str(r.path) for r in runs)}")
-    names = _metric_names(runs, RETURN_KINDS)
+    names = outcome_metrics(runs, RETURN_KINDS)
     panels = (
         _task_panels(runs, names, max_task_panels, smooth)
         + _episode_panel(runs, names, smooth)
@@ -415,52 +288,3 @@ def plot_runs(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-# ---------------------------------------------------------------------------- summary
-def summarize(run_dir: PathLike) -> Dict[str, Any]:
-    """Where a run stands: its counters and the last and best value of each return metric.
-
-    Returns `{"run", "records", "updates", "env_steps", "wall_time", "returns"}`, where
-    `returns` maps `<kind>/<metric>` (e.g. "eval/return/all", "collect/return/maze-3/episode_2")
-    to `{"last": float, "best": float}` (None where the metric was never finite).
-    """
-    (run,) = load_runs([run_dir])
-    everything = [rec for recs in run.by_kind.values() for rec in recs]
-    latest = max(everything, key=lambda r: tuple(r.get(k) or 0 for k in ("wall_time", "updates", "env_steps")), default={})
-    returns: Dict[str, Dict[str, Optional[float]]] = {}
-    for kind in RETURN_KINDS:
-        for name, what, _, _ in _metric_names([run], [kind]):
-            if what != "return":
-                continue
-            _, ys = _series(run.records(kind), "updates", _key(name))
-            finite = ys[np.isfinite(ys)]
-            returns[f"{kind}/{name}"] = {
-                "last": float(finite[-1]) if len(finite) else None,
-                "best": float(finite.max()) if len(finite) else None,
-            }
-    return dict(
-        run=str(run.path),
-        records=len(everything),
-        updates=int(latest.get("updates") or 0),
-        env_steps=int(latest.get("env_steps") or 0),
-        wall_time=float(latest.get("wall_time") or 0.0),
-        returns=dict(sorted(returns.items())),
-    )
-
-
-def format_summary(summary: Dict[str, Any]) -> str:
-    """One line from `summarize`: counters, then last (best) of the aggregate returns."""
-
-    def fmt(v: Optional[float]) -> str:
-        return "n/a" if v is None else f"{v:.4g}"
-
-    rets = summary["returns"]
-    # The aggregate is enough for one line; without it, the per-task trial returns.
-    shown = [k for k in rets if k.endswith("/return/all")] or [k for k in rets if "/episode_" not in k]
-    parts = [f"{k} {fmt(rets[k]['last'])} (best {fmt(rets[k]['best'])})" for k in shown]
-    head = (
-        f"{Path(summary['run']).name}: {summary['env_steps']} env steps, {summary['updates']} updates, "
-        f"{summary['wall_time'] / 60:.1f} min"
-    )
-    return head + (": " + ", ".join(parts) if parts else ": no returns logged yet")

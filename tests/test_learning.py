@@ -1,6 +1,6 @@
 """Proof that it learns: memory and meta-RL tasks on CPU, for each sequence model (marked slow).
 
-Thresholds come from the task's reference returns (amago2/envs/tasks.py):
+Thresholds come from the task's reference returns (amago2/envs/tasks/):
   T-maze, horizon 50: optimal 1.0; any policy without memory scores at most 0.5.
   Bandit, 5 arms (one pays with p = 0.9, four with 0.1; which one is hidden per trial),
   25 pulls: the oracle scores 22.5, any policy that ignores the rewards 6.5 (Thompson

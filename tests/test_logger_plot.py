@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from amago2.logger import RunLogger, read_metrics, write_csv_files
-from amago2.plot import format_summary, make_figure, plot_runs, summarize
+from amago2.plot import make_figure, plot_runs
+from amago2.run_summary import format_summary, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,8 @@ from amago2.envs import (
     gridworld_reference_returns,
     tmaze_reference_returns,
 )
-from amago2.envs.tasks import TASK_IDS, _first_move_toward
+from amago2.envs.tasks import TASK_IDS
+from amago2.envs.tasks.gridworld import _first_move_toward
 
 ALL_CELLS = {(x, y) for x in range(5) for y in range(5)}
 

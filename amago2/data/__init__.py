@@ -1,4 +1,4 @@
-"""Trajectory files on disk, the replay store over them, and training batches sampled from it."""
+"""Trajectory data: the shared layout, trajectory files on disk, the replay store and its torch batches."""
 
 from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS

@@ -1,0 +1,52 @@
+"""Small tasks that need memory (TMaze) or in-context learning (MetaBandit, MetaGridworld).
+
+They run in microseconds per step, so learning curves fit on a CPU, and each comes with
+reference returns that say what memory is worth:
+
+| task | optimal | best without memory |
+|---|---|---|
+| `TMaze(horizon)` | 1.0 | 0.5 |
+| `MetaBandit(n_arms, pulls)`, one good arm | pulls * good_mean (oracle) | pulls * (prior mean of an arm) |
+| `MetaGridworld(size, max_steps)` | 1.0 per episode (oracle, default sizes) | at most max_steps / (size**2 - 1) per episode |
+
+One module per task (`tmaze`, `bandit`, `gridworld`), each with its reference and baseline
+returns; `base` holds the protocol of the tasks whose hidden task persists across resets
+(MetaBandit, MetaGridworld: see there). This package exports them all and registers them
+as gymnasium ids (`TASK_IDS`). All randomness comes from `self.np_random`, seeded by
+`reset(seed=...)`.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from amago2.envs.tasks.bandit import BANDIT_PRIORS, MetaBandit, bandit_baseline_returns, bandit_reference_returns
+from amago2.envs.tasks.gridworld import MetaGridworld, gridworld_baseline_returns, gridworld_reference_returns
+from amago2.envs.tasks.tmaze import TMaze, tmaze_reference_returns
+
+__all__ = [
+    "TMaze",
+    "MetaBandit",
+    "MetaGridworld",
+    "BANDIT_PRIORS",
+    "TASK_IDS",
+    "register_tasks",
+    "tmaze_reference_returns",
+    "bandit_reference_returns",
+    "bandit_baseline_returns",
+    "gridworld_reference_returns",
+    "gridworld_baseline_returns",
+]
+
+TASK_IDS = {
+    "amago2/TMaze-v0": "amago2.envs.tasks:TMaze",
+    "amago2/MetaBandit-v0": "amago2.envs.tasks:MetaBandit",
+    "amago2/MetaGridworld-v0": "amago2.envs.tasks:MetaGridworld",
+}
+
+
+def register_tasks() -> None:
+    """Register the tasks as gymnasium ids (idempotent: re-imports do not re-register)."""
+    for env_id, entry_point in TASK_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point)
