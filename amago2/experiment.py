@@ -203,7 +203,7 @@ class Experiment:
             return True
         return self.online_after_updates is not None and self.updates >= self.online_after_updates
 
-    def _batches(self, n_batches: int) -> Prefetcher:
+    def batches(self, n_batches: int) -> Prefetcher:
         """The next `n_batches` batches of this rank's stream: batch k (counting micro-batches
         over the whole run) is a function of the seed, k and the store, so a resumed run draws
         the batches the first run drew."""
@@ -321,7 +321,7 @@ class Experiment:
         mean metrics and the time split."""
         sums: Dict[str, float] = {}
         t_wait = t_learn = 0.0
-        self._prefetcher = self._batches(self.updates_per_epoch * self.learner.accum_steps)
+        self._prefetcher = self.batches(self.updates_per_epoch * self.learner.accum_steps)
         with self._prefetcher as batches:
             for _ in range(self.updates_per_epoch):
                 t0 = time.perf_counter()

@@ -94,7 +94,8 @@ def measure(kind: str, epochs: int, extra: list[str], mixed_precision: str = "no
                 if epoch > 0:  # the first epoch warms up allocators, caches and the prefetcher
                     collect.append(dict(c, wall=t1 - t0))
                     train.append(dict(m, wall=t2 - t1))
-            batch = next(exp._batches())
+            with exp.batches(1) as one:
+                batch = next(one)
             seq_share = sequence_model_share(exp.policy, batch)
             flops = update_matmul_flops(exp.policy, batch)
         finally:
