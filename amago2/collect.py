@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from amago2.cpu_threads import torch_threads
 from amago2.data.replay import ReplayStore
 from amago2.data.segments import SegmentWriter
 from amago2.data.torch_batches import to_torch
@@ -157,27 +158,29 @@ class Collector:
         progress=None,
         epsilon: float = 0.0,
         max_trials_per_env: Optional[int] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
     ) -> Dict[str, float]:
         """Step every env `n_steps` times. Returns timing figures; finished trials go into `stats`.
 
         `epsilon`: probability of a uniformly random action instead of the agent's (exploration).
         `max_trials_per_env`: only the first k finished trials of each env count in `stats`, so
         that an evaluation is not biased towards tasks whose trials end sooner.
+        `should_stop`: asked before every step; True ends the collection there (the rollouts
+        in progress are kept and continue at the next call).
         """
-        threads = torch.get_num_threads()
-        if self.act_threads is not None:
-            torch.set_num_threads(self.act_threads)
-        try:
-            return self._collect(agent, n_steps, sample, stats, progress, epsilon, max_trials_per_env)
-        finally:
-            torch.set_num_threads(threads)
+        with torch_threads(self.act_threads):
+            return self._collect(agent, n_steps, sample, stats, progress, epsilon, max_trials_per_env, should_stop)
 
     @torch.no_grad()
-    def _collect(self, agent, n_steps, sample, stats, progress, epsilon, max_trials_per_env) -> Dict[str, float]:
+    def _collect(self, agent, n_steps, sample, stats, progress, epsilon, max_trials_per_env, should_stop) -> Dict[str, float]:
         if self.tokens is None:
             self._start(agent)
         t_agent = t_env = t_write = 0.0
+        done = 0
         for _ in range(n_steps):
+            if should_stop is not None and should_stop():
+                break
+            done += 1
             t0 = time.perf_counter()
             tokens = to_torch(self.tokens, self.device)
             reset = torch.as_tensor(self.new_trial, device=self.device)
@@ -212,7 +215,7 @@ class Collector:
                 progress.update(self.pool.n_envs)
         total = t_agent + t_env + t_write
         return dict(collect_s=total, collect_agent_s=t_agent, collect_env_s=t_env, collect_write_s=t_write,
-                    env_steps_per_s=n_steps * self.pool.n_envs / max(total, 1e-9))  # fmt: skip
+                    env_steps_per_s=done * self.pool.n_envs / max(total, 1e-9))  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
     def counters_state(self) -> Dict[str, Any]:

@@ -25,6 +25,19 @@ from amago2.envs.pool import EnvPool
 from amago2.envs.pool_factory import make_pool
 
 
+SAMPLED_SUFFIX = "_sampled"
+
+
+def sampled_names(metrics: Dict[str, float]) -> Dict[str, float]:
+    """Metrics of an evaluation with sampled actions, named apart from the greedy ones:
+    `return/...` -> `return_sampled/...` (likewise success, normalized), trials -> trials_sampled."""
+    out = {}
+    for key, value in metrics.items():
+        family, sep, rest = key.partition("/")
+        out[f"{family}{SAMPLED_SUFFIX}{sep}{rest}"] = value
+    return out
+
+
 def make_eval_pool(
     env: Any,
     n_trials: int,

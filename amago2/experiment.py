@@ -21,38 +21,30 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
+import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import gin
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from amago2.agent import Agent
-from amago2.checkpoint import (
-    checkpoint_path,
-    checkpoint_paths,
-    load_checkpoint,
-    load_latest,
-    remove_temp_files,
-    save_atomically,
-    save_checkpoint,
-)
+from amago2.checkpoint import remove_temp_files
 from amago2.collect import Collector, TrialStats
+from amago2.cpu_threads import default_train_threads, torch_threads
 from amago2.data.replay import ReplayStore
 from amago2.data.torch_batches import Prefetcher
 from amago2.envs.pool_factory import make_pool
-from amago2.evaluation import evaluate_policy
+from amago2.evaluation import evaluate_policy, sampled_names
 from amago2.learner import Learner, NonFiniteLossError
 from amago2.logger import RunLogger
 from amago2.malloc import tune_glibc_malloc
-from amago2.seeding import capture_rng_states, restore_rng_states, seed_everything
+from amago2.progress import EpochProgress
+from amago2.run_checkpoints import CheckpointedRun
+from amago2.run_control import StopRequest
+from amago2.seeding import seed_everything
 
 EnvSpec = Union[str, Callable, Sequence[Union[str, Callable]]]
 
@@ -60,7 +52,7 @@ __all__ = ["Experiment", "NonFiniteLossError", "experiment_settings"]
 
 
 @gin.configurable
-class Experiment:
+class Experiment(CheckpointedRun):
     """A training run. Every argument can be bound in a gin file (`Experiment.x = ...`).
 
     Environments: `train_env` / `eval_env` are a gymnasium id, a callable making an env, or
@@ -75,7 +67,15 @@ class Experiment:
     (offline-to-online) starts collecting once that many updates were made.
     `tune_malloc` raises glibc's malloc thresholds on CPU (see `amago2.malloc`).
     `act_threads`: torch CPU threads while acting (default: 1 with async envs on CPU, where
-    env workers share the cores; see `amago2.collect.Collector`).
+    env workers share the cores; see `amago2.collect.Collector`). `train_threads`: torch CPU
+    threads while updating (default: `OMP_NUM_THREADS` if set, else this process's cores
+    less one; see `amago2.cpu_threads`).
+    Evaluation acts greedily (logged as `return/...`) and, with `eval_sampled`, also with
+    sampled actions (`return_sampled/...`).
+    `max_minutes`: a wall-clock budget; when it runs out the run ends as its last epoch does
+    (evaluation, checkpoint, summary). SIGTERM / SIGINT end it the same way, without the
+    evaluation (see `amago2.run_control`). `exact_resume`: checkpoints also snapshot the envs
+    and rollouts in progress, so a resume repeats the run (docs/training.md).
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class Experiment:
         online_after_updates: Optional[int] = None,
         eval_every_epochs: int = 10,
         eval_trials: int = 16,
-        eval_sample: bool = True,
+        eval_sampled: bool = True,
         checkpoint_every_epochs: int = 10,
         keep_checkpoints: int = 3,
         seed: int = 0,
@@ -120,6 +120,8 @@ class Experiment:
         tune_malloc: bool = True,
         act_threads: Optional[int] = None,
         exact_resume: bool = True,
+        train_threads: Optional[int] = None,
+        max_minutes: Optional[float] = None,
     ):
         if env_mode not in ("sync", "async"):
             raise ValueError(f"Experiment.env_mode must be 'sync' or 'async', got {env_mode!r}")
@@ -138,12 +140,16 @@ class Experiment:
         self.replay_capacity, self.protected_dirs = replay_capacity, tuple(protected_dirs)
         self.max_segment_len = max_segment_len or 8 * max_seq_len
         self.offline, self.online_after_updates = offline, online_after_updates
-        self.eval_every_epochs, self.eval_trials, self.eval_sample = eval_every_epochs, eval_trials, eval_sample
+        self.eval_every_epochs, self.eval_trials, self.eval_sampled = eval_every_epochs, eval_trials, eval_sampled
         self.checkpoint_every_epochs, self.keep_checkpoints = checkpoint_every_epochs, keep_checkpoints
         self.seed, self.progress, self.exact_resume = seed, progress, exact_resume
+        self.max_minutes = max_minutes
+        self.stop = StopRequest(max_minutes)  # checks the budget; catches signals inside run()
 
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # processes of this run on this machine
+        self.train_threads = train_threads if train_threads is not None else default_train_threads(local)
         self.device = self.accelerator.device
         if tune_malloc and self.device.type == "cpu":
             tune_glibc_malloc()  # large CPU tensors are otherwise page-faulted in on every update
@@ -211,97 +217,6 @@ class Experiment:
         return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
                           first_batch=first, n_batches=n_batches, device=self.device)  # fmt: skip
 
-    # ---------------------------------------------------------------- checkpoints
-    def _rank_state(self) -> Dict[str, Any]:
-        """What only this process knows: its RNG streams, its replay index and its rollout counters."""
-        return dict(rng=capture_rng_states(), replay=self.store.state_dict(), collector=self.collector.counters_state())
-
-    def state_dict(self) -> Dict[str, Any]:
-        """The whole run's state, plain data only (weights_only-loadable). Every process must
-        call it: it gathers each rank's part."""
-        return dict(
-            **self.learner.state_dict(),
-            counters=dict(epoch=self.epoch, updates=self.updates, env_steps=self.env_steps),
-            world_size=self.world,
-            ranks=gather_object([self._rank_state()]),  # [world]: rank r's own streams and index
-        )
-
-    def _rollout_path(self, checkpoint: Path) -> Path:
-        return checkpoint.with_name(f"{checkpoint.stem}.rollout-rank{self.rank}.pt")
-
-    def save_checkpoint(self) -> Optional[Path]:
-        """Write a checkpoint (rank 0 writes, every process takes part). Returns its path on rank 0.
-
-        With `exact_resume`, each rank also writes `ckpt-N.rollout-rank<r>.pt` beside it: its
-        envs pickled whole and its rollouts in progress (`Collector.rollout_state`), which a
-        resume continues exactly. That file holds pickles, so only `--resume` reads it, never
-        `amago2 eval` or `load_weights`; resume only run directories you trust.
-        """
-        ckpt_dir = self.run_dir / "checkpoints"
-        final = checkpoint_path(ckpt_dir, self.updates)
-        state = self.state_dict()
-        self.logger.write_csv()
-        if self.exact_resume:
-            save_atomically(self._rollout_path(final), self.collector.rollout_state())
-        self.accelerator.wait_for_everyone()  # every rank's rollouts are on disk before the checkpoint is
-        if self.accelerator.is_main_process:
-            save_checkpoint(ckpt_dir, self.updates, state, keep=self.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-        kept = {p.stem for p in checkpoint_paths(ckpt_dir)}
-        for side in ckpt_dir.glob(f"ckpt-*.rollout-rank{self.rank}.pt"):
-            if side.name.split(".")[0] not in kept:
-                side.unlink(missing_ok=True)
-        self.store.commit_evictions()  # the new checkpoint no longer indexes them
-        return final if self.accelerator.is_main_process else None
-
-    def load_state(self, state: Dict[str, Any], weights_only: bool = False) -> None:
-        self.learner.load_state_dict(state, weights_only=weights_only)
-        if weights_only:
-            return
-        c = state["counters"]
-        self.epoch, self.learner.updates = c["epoch"], c["updates"]
-        ranks = state["ranks"]
-        if self.rank < len(ranks):
-            restore_rng_states(ranks[self.rank]["rng"])
-            self.store.load_state_dict(ranks[self.rank]["replay"])
-            self.collector.load_counters_state(ranks[self.rank]["collector"])
-        else:  # more processes than the run had: a new rank starts new streams, apart from the others
-            seed_everything(self.seed + 1000 * self.rank + self.updates)
-            self.collector.env_steps = c["env_steps"] // max(1, len(ranks))
-            if self.accelerator.is_local_main_process:
-                print(f"rank {self.rank}: the checkpoint was written by {len(ranks)} processes; this rank starts fresh RNG streams")
-
-    def resume(self) -> bool:
-        """Load the newest loadable checkpoint of this run directory. Returns False if there is none.
-
-        On CPU with sync envs that pickle, the resumed run repeats what the first run did after
-        that checkpoint (see docs/training.md); otherwise it warns why not and the envs start
-        new trials, seeded from the counters so that they do not replay the first ones."""
-        # Loaded to the CPU: the RNG states must stay CPU tensors, and load_state_dict copies
-        # weights and optimizer moments onto the parameters' device.
-        found = load_latest(self.run_dir / "checkpoints", map_location="cpu")
-        if found is None:
-            return False
-        path, state = found
-        self.load_state(state)
-        side = self._rollout_path(path)
-        if not self.exact_resume:
-            why: Optional[str] = "Experiment.exact_resume is off"
-        elif not side.is_file():
-            why = f"{side.name} is missing"
-        else:
-            why = self.collector.restore_rollouts(torch.load(side, map_location="cpu", weights_only=False))
-        if why is not None:
-            warnings.warn(f"resume from {path.name} is not exact: {why}. The envs start new trials.", stacklevel=2)
-            self.train_pool.reseed(int(np.random.SeedSequence([self.seed, self.rank, self.env_steps]).generate_state(1)[0]))
-            self.collector.tokens = None
-        if self.accelerator.is_main_process:
-            print(f"resumed from {path} (epoch {self.epoch}, {self.updates} updates, {self.env_steps} env steps)")
-        return True
-
-    def load_weights(self, path: Union[str, Path]) -> None:
-        self.load_state(load_checkpoint(path, map_location="cpu"), weights_only=True)
-
     # ------------------------------------------------------------------- phases
     def update(self, batches) -> Dict[str, float]:
         """One optimizer step from a batch or `grad_accum_steps` micro-batches (see `amago2.learner.Learner.update`)."""
@@ -312,7 +227,8 @@ class Experiment:
         store. Returns the finished trials' metrics, the exploration rate and the time split."""
         stats = TrialStats()
         eps = self.exploration_epsilon()
-        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps)
+        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps,
+                                        should_stop=self._stop_now)  # fmt: skip
         self.store.refresh()
         return dict(stats.summary(), epsilon=eps, **timing)
 
@@ -322,8 +238,12 @@ class Experiment:
         sums: Dict[str, float] = {}
         t_wait = t_learn = 0.0
         self._prefetcher = self.batches(self.updates_per_epoch * self.learner.accum_steps)
-        with self._prefetcher as batches:
+        done = 0
+        with self._prefetcher as batches, torch_threads(self.train_threads):
             for _ in range(self.updates_per_epoch):
+                if self._stop_now():
+                    break
+                done += 1
                 t0 = time.perf_counter()
                 micro_batches = [next(batches) for _ in range(self.learner.accum_steps)]
                 t1 = time.perf_counter()
@@ -335,36 +255,45 @@ class Experiment:
                 if bar is not None:
                     bar.update(1)
         self._prefetcher = None
-        n = max(1, self.updates_per_epoch)
+        n = max(1, done)
         out = {k: v / n for k, v in sums.items()}
         out.update(sample_wait_s=t_wait, learn_s=t_learn, updates_per_s=n / max(t_wait + t_learn, 1e-9))
         return out
 
     def evaluate(self, n_trials: Optional[int] = None, save_dir: Optional[Union[str, Path]] = None) -> Dict[str, float]:
-        """Run `n_trials` trials (at least; the same number in each eval env) in fresh eval envs;
-        optionally save them as trajectory files."""
-        return evaluate_policy(
-            self.policy, self.eval_env, n_trials or self.eval_trials, n_envs=self.n_envs, env_mode=self.env_mode,
-            trial_episodes=self.trial_episodes, env_kwargs=self.env_kwargs, device=self.device, sample=self.eval_sample,
-            seed=self.seed + 99_991 + 10_000 * self.rank + self.epoch, max_segment_len=self.max_segment_len,
-            save_dir=save_dir, act_threads=self.act_threads,
-        )  # fmt: skip
+        """Run `n_trials` trials (at least; the same number in each eval env) in fresh eval envs,
+        greedily, and again sampling actions when `eval_sampled` (the same tasks, seeded alike);
+        optionally save the greedy trials as trajectory files."""
+        out: Dict[str, float] = {}
+        for sample in (False, True) if self.eval_sampled else (False,):
+            metrics = evaluate_policy(
+                self.policy, self.eval_env, n_trials or self.eval_trials, n_envs=self.n_envs, env_mode=self.env_mode,
+                trial_episodes=self.trial_episodes, env_kwargs=self.env_kwargs, device=self.device, sample=sample,
+                seed=self.seed + 99_991 + 10_000 * self.rank + self.epoch, max_segment_len=self.max_segment_len,
+                save_dir=None if sample else save_dir, act_threads=self.act_threads,
+            )  # fmt: skip
+            out.update(sampled_names(metrics) if sample else metrics)
+        return out
 
     def _due(self, every: int) -> bool:
         return bool(every) and self.epoch % every == 0 or self.epoch == self.epochs
 
-    def run_epoch(self, show: bool = False) -> Dict[str, Dict[str, float]]:
+    def _stop_now(self) -> bool:
+        """Stop in the middle of a phase? Only a single process may: ranks must stay in step
+        (several processes stop together at the end of an epoch, see `run`)."""
+        return self.world == 1 and self.stop()
+
+    def run_epoch(self, bars: Optional[EpochProgress] = None) -> Dict[str, Dict[str, float]]:
         """One epoch: collect, train, then evaluate and checkpoint when due. Returns the
         metrics each phase logged this epoch, by kind ("collect", "train", "eval")."""
+        bars = bars or EpochProgress(self.epochs, self.epoch, bars=False, show=False)
         logged: Dict[str, Dict[str, float]] = {}
         if self._collecting():
-            with tqdm(total=self.env_steps_per_epoch * self.n_envs, desc="collect", leave=False,
-                      disable=not show, position=1, unit="step") as bar:  # fmt: skip
+            with bars.phase(self.env_steps_per_epoch * self.n_envs, "collect", "step") as bar:
                 logged["collect"] = self.collect_epoch(bar)
             self.logger.log(logged["collect"], "collect", self.updates, self.env_steps)
-        if self.store.num_timesteps >= max(self.learning_starts, 1):
-            with tqdm(total=self.updates_per_epoch, desc="train", leave=False, disable=not show,
-                      position=1, unit="update") as bar:  # fmt: skip
+        if self.store.num_timesteps >= max(self.learning_starts, 1) and not self._stop_now():
+            with bars.phase(self.updates_per_epoch, "train", "update") as bar:
                 logged["train"] = self.train_epoch(bar)
             self.logger.log(logged["train"], "train", self.updates, self.env_steps)
         self.epoch += 1
@@ -375,26 +304,47 @@ class Experiment:
             self.save_checkpoint()
         return logged
 
+    def _stopping(self) -> bool:
+        """Whether the run ends after this epoch for a signal or the budget, agreed by every rank."""
+        flag = torch.tensor([float(self.stop())], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item()) if self.world > 1 else bool(flag.item())
+
     def run(self) -> Dict[str, float]:
-        """Train until `epochs`; returns the last evaluation's metrics."""
+        """Train until `epochs` (or the budget, or a SIGTERM / SIGINT); returns the last
+        evaluation's metrics. `exit_code` then tells a signal's end from a normal one."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         last_eval: Dict[str, float] = {}
-        show = self.progress and self.accelerator.is_main_process
-        epochs = tqdm(total=self.epochs, initial=self.epoch, desc="epochs", disable=not show, position=0)
+        main = self.accelerator.is_main_process
+        progress = EpochProgress(self.epochs, self.epoch, bars=self.progress, show=main)
         try:
-            while self.epoch < self.epochs:
-                logged = self.run_epoch(show)
-                last_eval = logged.get("eval", last_eval)
-                postfix = {"return": last_eval.get("return/all", logged.get("collect", {}).get("return/all", math.nan))}
-                if "train" in logged:
-                    postfix.update(upd_s=logged["train"]["updates_per_s"], critic=logged["train"]["critic_loss"])
-                epochs.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()})
-                epochs.update(1)
+            with self.stop:
+                while self.epoch < self.epochs:
+                    logged = self.run_epoch(progress)
+                    last_eval = logged.get("eval", last_eval)
+                    progress.epoch_done(self.epoch, self.updates, self.env_steps, logged, last_eval, self.stop.minutes)
+                    if self.epoch < self.epochs and self._stopping():
+                        progress.note(f"amago2: {self.stop.reason()} at epoch {self.epoch}; ending the run")
+                        if not self.stop.signalled:  # a budget leaves time for the final evaluation
+                            last_eval = self.evaluate()
+                            self.logger.log(last_eval, "eval", self.updates, self.env_steps)
+                        self.save_checkpoint()
+                        break
         finally:
-            epochs.close()
+            progress.close()
             self.close()
         self._write_summary(last_eval)
         return last_eval
+
+    @property
+    def ended(self) -> str:
+        """How the run ended: "finished", the budget, or the signal that stopped it."""
+        return "finished" if self.epoch >= self.epochs else self.stop.reason()
+
+    @property
+    def exit_code(self) -> int:
+        """0 after every epoch or a spent budget; 128 + the signal's number when SIGTERM / SIGINT
+        stopped the run before its last epoch."""
+        return 0 if self.epoch >= self.epochs else self.stop.exit_code()
 
     def _write_summary(self, last_eval: Dict[str, float]) -> None:
         """run_dir/summary.json: final counters, the last evaluation and a checksum of each rank's weights."""
@@ -404,7 +354,8 @@ class Experiment:
         if self.accelerator.is_main_process:
             summary = dict(epoch=self.epoch, updates=self.updates, env_steps=self.env_steps, world_size=self.world,
                            eval=last_eval, rank_param_checksums=[g[:2] for g in gathered],
-                           rank_updates=[int(g[2]) for g in gathered])  # fmt: skip
+                           rank_updates=[int(g[2]) for g in gathered], ended=self.ended,
+                           minutes=round(self.stop.minutes, 3))  # fmt: skip
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
 
     def close(self) -> None:

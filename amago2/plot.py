@@ -41,6 +41,8 @@ from amago2.run_summary import (
 __all__ = ["X_KEYS", "make_figure", "plot_runs", "smooth_series", "Run", "load_runs", "summarize", "format_summary"]
 
 X_KEYS = ("env_steps", "updates", "wall_time")
+# Evaluation records' return/... are greedy (return_sampled/... are not drawn); say so in legends.
+KIND_LABELS = {"collect": "collect", "eval": "eval (greedy)"}
 _RUN_STYLES = ("-", "--", ":", "-.")
 
 
@@ -110,7 +112,7 @@ def _task_panels(runs: List[Run], names, max_task_panels: int, smooth: int) -> L
                 for kind, style in (("collect", "-"), ("eval", "--")):
                     xs, ys = metric_series(run.records(kind), x, pick_metric(f"return/{task}"))
                     if len(xs):
-                        label = kind if single else f"{run.label} ({kind})"
+                        label = KIND_LABELS[kind] if single else f"{run.label} ({KIND_LABELS[kind]})"
                         ax.plot(xs, smooth_series(ys, smooth), style, color=f"C{i % 10}", label=label)
                         drawn = True
             return drawn
@@ -145,7 +147,7 @@ def _episode_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
                     break
             for k, (xs, ys) in per_k.items():
                 colour = cmap(0.85 * (k - 1) / max(1, len(episodes) - 1))
-                label = f"episode {k} ({kind})" if single else f"{run.label}: episode {k} ({kind})"
+                label = f"episode {k} ({KIND_LABELS[kind]})" if single else f"{run.label}: episode {k} ({KIND_LABELS[kind]})"
                 ax.plot(xs, smooth_series(ys, smooth), _RUN_STYLES[i % len(_RUN_STYLES)], color=colour, label=label)
                 drawn = True
         return drawn
@@ -165,7 +167,7 @@ def _success_panel(runs: List[Run], names, smooth: int) -> List[_Panel]:
             for kind, style in (("collect", "-"), ("eval", "--")):
                 xs, ys = metric_series(run.records(kind), x, pick_mean(keys))
                 if len(xs):
-                    label = kind if single else f"{run.label} ({kind})"
+                    label = KIND_LABELS[kind] if single else f"{run.label} ({KIND_LABELS[kind]})"
                     ax.plot(xs, smooth_series(ys, smooth), style, color=f"C{i % 10}", label=label)
                     drawn = True
         ax.set_ylim(-0.05, 1.05)

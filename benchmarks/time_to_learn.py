@@ -55,7 +55,7 @@ def measure(kind: str, horizon: int, return_threshold: float, seed: int) -> dict
     gin.parse_config([f'Agent.traj_encoder = "{kind}"'])
     with tempfile.TemporaryDirectory(prefix="amago2-time-to-learn-") as run_dir:
         exp = TimedExperiment(run_dir=run_dir, env_kwargs={"horizon": horizon}, env_steps_per_epoch=horizon + 2,
-                              eval_every_epochs=1, eval_trials=32, eval_sample=False, checkpoint_every_epochs=0,
+                              eval_every_epochs=1, eval_trials=32, eval_sampled=False, checkpoint_every_epochs=0,
                               progress=False, use_wandb=False, seed=seed)  # fmt: skip
         exp.run()
         history = exp.history

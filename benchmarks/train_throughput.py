@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import gin
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -79,7 +80,8 @@ def measure(kind: str, epochs: int, extra: list[str], mixed_precision: str = "no
     gin.parse_config(CONFIG)
     gin.parse_config([f'Agent.traj_encoder = "{kind}"', f'Experiment.mixed_precision = "{mixed_precision}"'] + extra)
     with tempfile.TemporaryDirectory(prefix="amago2-throughput-") as run_dir:
-        exp = Experiment(run_dir=run_dir, epochs=epochs + 1)
+        # Every core, as on an idle machine (the default leaves one free; see the CPU threads section).
+        exp = Experiment(run_dir=run_dir, epochs=epochs + 1, train_threads=torch.get_num_threads())
         exp.run_dir.mkdir(parents=True, exist_ok=True)
         collect, train = [], []
         try:
@@ -153,8 +155,6 @@ def main() -> None:
         p.error("--repeats must be >= 1")
     tune_glibc_malloc()
     import amago2.envs  # noqa: F401  (registers amago2/TMaze-v0)
-
-    import torch
 
     peak_dtype = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float32
     peaks, runs = [], {kind: [] for kind in args.kinds}

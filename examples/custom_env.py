@@ -64,7 +64,7 @@ def main():
         run_dir=args.run_dir, train_env=HiddenEnd, trial_episodes=3, n_envs=8, max_seq_len=16,
         batch_size=24, epochs=2 if args.quick else 20, env_steps_per_epoch=20, updates_per_epoch=30,
         lr=1e-3, warmup_updates=30, explore_anneal_env_steps=2000, eval_every_epochs=2, eval_trials=64,
-        eval_sample=False,
+        eval_sampled=False,
     )  # fmt: skip
     result = exp.run()
     print(f"learning curves: {plot_runs([args.run_dir])}")

@@ -28,7 +28,7 @@ def train(config: str, kind: str, run_dir: Path, **bindings) -> dict:
     try:
         gin.parse_config((ROOT / "gin" / config).read_text())
         gin.parse_config([f'Agent.traj_encoder = "{kind}"'] + [f"Experiment.{k} = {v!r}" for k, v in bindings.items()])
-        exp = Experiment(run_dir=run_dir, eval_every_epochs=0, eval_sample=False, eval_trials=32,
+        exp = Experiment(run_dir=run_dir, eval_every_epochs=0, eval_sampled=False, eval_trials=32,
                          checkpoint_every_epochs=0, progress=False, use_wandb=False, seed=1)  # fmt: skip
         return exp.run()
     finally:
