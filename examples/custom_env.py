@@ -8,7 +8,7 @@ guesses in episode 1 and goes straight to the goal in episodes 2 and 3: 2.5 per 
 average (episode 1 is a coin flip, so a finite evaluation can score a little more or
 less). Uniformly random moves score 0.75.
 
-    python examples/custom_env.py              # about 20 seconds on 2 CPU cores
+    python examples/custom_env.py              # about 30 seconds on 2 CPU cores
     python examples/custom_env.py --quick      # 2 epochs (the test)
 """
 
