@@ -22,6 +22,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from amago2.nets.scan import diagonal_scan
+
 
 def segment_sum(x: torch.Tensor) -> torch.Tensor:
     """x [..., T] -> out [..., T, T] with out[..., i, j] = sum_{j < u <= i} x[..., u] (and -inf above the diagonal)."""
@@ -42,9 +44,12 @@ def chunked_linear_recurrence(
     chunk_size: int = 64,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """q, k [B, H, L, dk]; v [B, H, L, dv]; log_decay [B, H, L] (<= 0, -inf = reset);
-    state [B, H, dk, dv]. Returns y [B, H, L, dv] and the final state."""
-    B, H, L, dk = q.shape
-    dv = v.shape[-1]
+    state [B, H, dk, dv]. Returns y [B, H, L, dv] and the final state.
+
+    q and k may have a head dimension of 1 that broadcasts over v's H heads (Mamba-2's B
+    and C are shared by its heads): their products are then computed once, not per head."""
+    B, _, L, dk = q.shape
+    H, dv = v.shape[1], v.shape[-1]
     if state is None:
         state = q.new_zeros(B, H, dk, dv)
     if L == 1:
@@ -71,12 +76,13 @@ def chunked_linear_recurrence(
     chunk_states = (k * decay_to_end[..., None]).transpose(-1, -2) @ v  # [B, H, n, dk, dv]
     chunk_log_decay = la.sum(-1)  # [B, H, n]
 
-    # States at every chunk boundary, all at once: boundary z sums the initial
-    # state and every earlier chunk's contribution, each decayed to z.
-    all_states = torch.cat([state.unsqueeze(2), chunk_states], dim=2)  # [B, H, n+1, dk, dv]
-    boundary_decay = segment_sum(F.pad(chunk_log_decay, (1, 0))).exp()  # [B, H, n+1, n+1]
-    boundaries = torch.einsum("bhzc,bhcde->bhzde", boundary_decay, all_states)
-    start_states, final_state = boundaries[:, :, :-1], boundaries[:, :, -1]
+    # States at the chunk boundaries: S_{z+1} = decay_z * S_z + chunk_states_z, a scan over the
+    # n chunks (linear in n; a matrix over every pair of chunks would be quadratic).
+    decays = chunk_log_decay.exp()[..., None, None].expand_as(chunk_states)
+    after = diagonal_scan(decays.flatten(0, 1), chunk_states.flatten(0, 1), state.flatten(0, 1))
+    after = after.unflatten(0, (B, H))  # [B, H, n, dk, dv]: the state after each chunk
+    start_states = torch.cat([state.unsqueeze(2), after[:, :, :-1]], dim=2)
+    final_state = after[:, :, -1]
 
     # Outputs from everything before the chunk, decayed to each token.
     decay_from_start = la.cumsum(-1).exp()  # [B, H, n, C]

@@ -135,8 +135,7 @@ class Mamba2Mixer(nn.Module):
         log_decay = (dt * -torch.exp(self.A_log)).masked_fill(resets[..., None], float("-inf"))
         x = x.unflatten(-1, (self.n_heads, self.headdim))  # [B, L, H, P]
         # SSD as a linear recurrence: queries C, keys B (shared by heads), values dt * x.
-        q = Cm.unsqueeze(1).expand(B, self.n_heads, L, self.d_state)
-        k = Bm.unsqueeze(1).expand(B, self.n_heads, L, self.d_state)
+        q, k = Cm.unsqueeze(1), Bm.unsqueeze(1)  # [B, 1, L, N]: broadcast over the heads
         v = (x * dt.unsqueeze(-1)).transpose(1, 2)  # [B, H, L, P]
         y, ssm = chunked_linear_recurrence(q, k, v, log_decay.transpose(1, 2), ssm.to(v.dtype), self.chunk_size)
         y = y.transpose(1, 2) + self.D[:, None] * x  # [B, L, H, P]

@@ -1,15 +1,21 @@
-"""Parallel scan for the diagonal linear recurrence h_t = a_t * h_{t-1} + b_t.
+"""Scans for the diagonal linear recurrence h_t = a_t * h_{t-1} + b_t.
 
 This is the core of Mamba-1's selective SSM, whose decay differs per channel
 and per state dimension, so it cannot be folded into matrix products the way a
 scalar-per-head decay can (see `linear_recurrence.py`).
 
-`diagonal_scan` runs in O(log L) sequential steps and O(L) work: pairs of
-neighbours are combined, the odd-indexed half is scanned recursively, and the
-even-indexed elements are fixed up from their left neighbours. Everything
-happens in place on strided views, so the forward pass allocates one copy of
-`a` and `b`; the backward pass is the same scan run backwards in time, so the
-autograd graph stores only `a` and `h` instead of every intermediate level.
+`selective_scan` (Mamba-1) works in chunks of `SCAN_CHUNK` tokens: it builds one
+chunk's [B, K, D, N] decays and inputs, steps through it, and keeps only the state
+entering each chunk, from which the backward pass recomputes the chunk. Memory is
+then linear in L with a small constant (the [B, L, D, N] tensors never exist), as in
+the fused CUDA kernels.
+
+`diagonal_scan` is the general parallel scan, in O(log L) sequential steps and O(L)
+work: pairs of neighbours are combined, the odd-indexed half is scanned recursively,
+and the even-indexed elements are fixed up from their left neighbours. Everything
+happens in place on strided views, so the forward pass allocates one copy of `a` and
+`b`; the backward pass is the same scan run backwards in time, so the autograd graph
+stores only `a` and `h` instead of every intermediate level.
 """
 
 from __future__ import annotations
@@ -99,37 +105,87 @@ def _selective_decays(delta: torch.Tensor, A: torch.Tensor, resets: torch.Tensor
     return torch.exp(delta.unsqueeze(-1) * A).masked_fill_(resets[:, :, None, None], 0.0)
 
 
+SCAN_CHUNK = 64  # tokens whose [B, K, D, N] decays and states exist at once
+
+
+def _chunk_states(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """In place: b_t <- a_t * b_{t-1} + b_t along dim 1 from the state h before the chunk.
+
+    A step at a time: each step is one fused multiply-add over [B, D, N] that stays in
+    cache, which on a CPU beats the log-depth scan's strided passes over the whole chunk."""
+    b[:, 0].addcmul_(a[:, 0], h)
+    for t in range(1, b.shape[1]):
+        b[:, t].addcmul_(a[:, t], b[:, t - 1])
+    return b
+
+
 class _SelectiveScan(torch.autograd.Function):
-    """Mamba-1's selective SSM with the [B, L, D, N] decays and inputs built inside, so that
-    autograd stores only the states; the decays are recomputed in the backward pass."""
+    """Mamba-1's selective SSM in chunks of `SCAN_CHUNK` tokens, in memory linear in L with a
+    small constant: the [B, K, D, N] decays, inputs and states exist for one chunk at a time,
+    and only the [B, D, N] state at each chunk's start is kept for the backward pass, which
+    recomputes the chunk's states from it (as the fused CUDA kernels do).
+
+    The contractions over N (the state size, 16) and D are written as products and sums:
+    as batched matrix-vector products they run far slower on a CPU."""
 
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, h0, resets):
-        a = _selective_decays(delta, A, resets)
-        h = (delta * u).unsqueeze(-1) * Bm.unsqueeze(2)
-        h[:, 0].addcmul_(a[:, 0], h0)
-        _scan_inplace(a, h)
-        y = (h @ Cm.unsqueeze(-1)).squeeze(-1)  # [B, L, D]
-        ctx.save_for_backward(u, delta, A, Bm, Cm, h0, resets, h)
-        return y, h[:, -1]
+        B, L, D = u.shape
+        du = delta * u
+        # An infinite step at a reset makes exp(delta A) exactly 0 (A < 0): no mask over [B, K, D, N].
+        delta_cut = delta.masked_fill(resets.unsqueeze(-1), float("inf"))
+        y = u.new_empty(B, L, D)
+        starts = []  # the state entering each chunk
+        h = h0
+        for s in range(0, L, SCAN_CHUNK):
+            e = min(s + SCAN_CHUNK, L)
+            starts.append(h)
+            a = torch.exp(delta_cut[:, s:e].unsqueeze(-1) * A)
+            hs = _chunk_states(a, du[:, s:e].unsqueeze(-1) * Bm[:, s:e].unsqueeze(2), h)  # [B, K, D, N]
+            y[:, s:e] = (hs * Cm[:, s:e].unsqueeze(2)).sum(-1)
+            h = hs[:, -1].clone()
+        ctx.save_for_backward(u, delta, delta_cut, A, Bm, Cm, torch.stack(starts, 1))
+        return y, h
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
-        u, delta, A, Bm, Cm, h0, resets, h = ctx.saved_tensors
-        a = _selective_decays(delta, A, resets)
-        grad_C = (grad_y.unsqueeze(-2) @ h).squeeze(-2)  # [B, L, N]
-        grad_h = grad_y.unsqueeze(-1) * Cm.unsqueeze(2)  # [B, L, D, N]
-        if grad_last is not None:
-            grad_h[:, -1] += grad_last
-        grad_a, grad_b, grad_h0 = _backward_through_recurrence(a, h, grad_h, h0)
-        # b = (delta * u) B
-        grad_du = (grad_b @ Bm.unsqueeze(-1)).squeeze(-1)  # [B, L, D]
-        grad_B = ((delta * u).unsqueeze(-2) @ grad_b).squeeze(-2)  # [B, L, N]
-        # a = exp(delta A), zero at resets (where grad_a * a is zero too)
-        grad_pre = grad_a.mul_(a)  # dL/d(delta A)
-        grad_delta = torch.einsum("bldn,dn->bld", grad_pre, A) + grad_du * u
-        grad_A = torch.einsum("bldn,bld->dn", grad_pre, delta)
-        return grad_du * delta, grad_delta, grad_A, grad_B, grad_C, grad_h0, None
+        u, delta, delta_cut, A, Bm, Cm, starts = ctx.saved_tensors
+        L = u.shape[1]
+        if grad_y is None:
+            grad_y = torch.zeros_like(u)
+        du = delta * u
+        grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
+        grad_B, grad_C = torch.empty_like(Bm), torch.empty_like(Cm)
+        grad_A = torch.zeros_like(A)
+        # dL/dh at the end of the chunk being processed, from everything after it.
+        carry = grad_last if grad_last is not None else torch.zeros_like(starts[:, 0])
+        chunks = list(range(0, L, SCAN_CHUNK))
+        for c in reversed(range(len(chunks))):
+            s = chunks[c]
+            e = min(s + SCAN_CHUNK, L)
+            a = torch.exp(delta_cut[:, s:e].unsqueeze(-1) * A)
+            b = du[:, s:e].unsqueeze(-1) * Bm[:, s:e].unsqueeze(2)
+            h_in = starts[:, c]
+            hs = _chunk_states(a, b, h_in)  # recomputed: [B, K, D, N]
+            gy = grad_y[:, s:e]
+            grad_C[:, s:e] = (gy.unsqueeze(-1) * hs).sum(2)
+            # g_t = dL/dh_t = gy_t C_t + a_{t+1} g_{t+1}, run backwards through the chunk
+            g = gy.unsqueeze(-1) * Cm[:, s:e].unsqueeze(2)
+            g[:, -1] += carry
+            for t in range(g.shape[1] - 2, -1, -1):
+                g[:, t].addcmul_(a[:, t + 1], g[:, t + 1])
+            carry = g[:, 0] * a[:, 0]
+            grad_du = (g * Bm[:, s:e].unsqueeze(2)).sum(-1)  # b = du B: [B, K, D]
+            grad_B[:, s:e] = (g * du[:, s:e].unsqueeze(-1)).sum(2)
+            # h_t = a_t h_{t-1} + b_t: dL/da_t = g_t h_{t-1}; a = exp(delta A), so
+            # dL/d(delta A) = g_t h_{t-1} a_t, zero at resets (where a is).
+            g[:, 1:].mul_(hs[:, :-1])
+            g[:, 0].mul_(h_in)
+            grad_pre = g.mul_(a)
+            grad_delta[:, s:e] = (grad_pre * A).sum(-1) + grad_du * u[:, s:e]
+            grad_u[:, s:e] = grad_du * delta[:, s:e]
+            grad_A += (grad_pre * delta[:, s:e].unsqueeze(-1)).sum((0, 1))
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, carry, None
 
 
 def diagonal_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
