@@ -235,7 +235,7 @@ class Experiment(CheckpointedRun):
     def train_epoch(self, bar=None) -> Dict[str, float]:
         """`updates_per_epoch` optimizer steps, each from `grad_accum_steps` batches. Returns the
         mean metrics and the time split."""
-        sums: Dict[str, float] = {}
+        sums: Dict[str, Any] = {}
         t_wait = t_learn = 0.0
         self._prefetcher = self.batches(self.updates_per_epoch * self.learner.accum_steps)
         done = 0
@@ -250,14 +250,13 @@ class Experiment(CheckpointedRun):
                 metrics = self.update(micro_batches)
                 t2 = time.perf_counter()
                 t_wait, t_learn = t_wait + t1 - t0, t_learn + t2 - t1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                for k, v in metrics.items():  # on the device: summed without waiting for it
+                    sums[k] = sums[k] + v if k in sums else v
                 if bar is not None:
                     bar.update(1)
         self._prefetcher = None
-        n = max(1, done)
-        out = {k: v / n for k, v in sums.items()}
-        out.update(sample_wait_s=t_wait, learn_s=t_learn, updates_per_s=n / max(t_wait + t_learn, 1e-9))
+        out = self.learner.read(sums, max(1, done))  # one transfer; raises on a non-finite loss
+        out.update(sample_wait_s=t_wait, learn_s=t_learn, updates_per_s=done / max(t_wait + t_learn, 1e-9))
         return out
 
     def evaluate(self, n_trials: Optional[int] = None, save_dir: Optional[Union[str, Path]] = None) -> Dict[str, float]:

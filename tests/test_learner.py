@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import sys
 
 import gymnasium as gym
 import pytest
@@ -20,7 +22,7 @@ def test_updates_follow_the_warmup_and_fit_a_fixed_batch():
     learner = Learner(small_agent(OBS, ACT), Accelerator(cpu=True), lr=1e-3, warmup_updates=4)
     lrs, losses = [], []
     for _ in range(60):
-        metrics = learner.update(batch)
+        metrics = learner.read(learner.update(batch))
         lrs.append(metrics["lr"])
         losses.append(metrics["critic_loss"])
     assert learner.updates == 60
@@ -40,9 +42,9 @@ def test_state_dict_round_trip_continues_identically():
     # the two optimizers would otherwise share (and each update) one set of moment estimates.
     b.load_state_dict(copy.deepcopy(a.state_dict()))
     torch.manual_seed(0)
-    ma = a.update(batch)
+    ma = a.read(a.update(batch))
     torch.manual_seed(0)
-    mb = b.update(batch)
+    mb = b.read(b.update(batch))
     assert ma == pytest.approx(mb, rel=1e-6)
     for pa, pb in zip(a.policy.parameters(), b.policy.parameters()):
         torch.testing.assert_close(pa, pb)
@@ -52,8 +54,9 @@ def test_a_non_finite_loss_names_where_to_look():
     batch = random_batch(OBS, ACT, B=2, L=4, seed=3)
     batch["prev_reward"][:] = float("inf")
     learner = Learner(small_agent(OBS, ACT), Accelerator(cpu=True), where_to_look="runs/x/checkpoints")
-    with pytest.raises(NonFiniteLossError, match="runs/x/checkpoints"):
-        learner.update(batch)
+    metrics = learner.update(batch)  # noted on the device, not checked here: that would wait for it
+    with pytest.raises(NonFiniteLossError, match="update 0.*runs/x/checkpoints"):
+        learner.read(metrics)
 
 
 def _halves(batch):
@@ -68,8 +71,8 @@ def test_two_accumulated_micro_batches_make_the_update_of_one_batch_of_both():
     one = Learner(small_agent(OBS, ACT, **kw), Accelerator(cpu=True), warmup_updates=2)
     accum = Learner(small_agent(OBS, ACT, **kw), Accelerator(cpu=True), warmup_updates=2, grad_accum_steps=2)
     for step in range(3):
-        m1 = one.update(batch)
-        m2 = accum.update(_halves(batch))
+        m1 = one.read(one.update(batch))
+        m2 = accum.read(accum.update(_halves(batch)))
         assert m1["lr"] == m2["lr"], "warm-up counts optimizer steps, not micro-batches"
         assert m1["critic_loss"] == pytest.approx(m2["critic_loss"], rel=1e-4)
     assert one.updates == accum.updates == 3
@@ -98,3 +101,34 @@ def test_weight_decay_spares_biases_norms_embeddings_and_ssm_parameters():
     gin_free = {id(p) for p in weight_decay_groups(tf, 0.1)[1]["params"]}
     tables = [p for n, p in tf.named_parameters() if "pos_table" in n]
     assert all(id(p) in gin_free for p in tables)
+
+
+def test_an_update_reads_nothing_back_from_the_device(monkeypatch):
+    """No metric is turned into a number during an update (each would be a host sync on a
+    GPU): `read` does it once, in one transfer, per logging interval."""
+    batch = random_batch(OBS, ACT, B=4, L=6, seed=6)
+    learner = Learner(small_agent(OBS, ACT, traj_encoder="gru"), Accelerator(cpu=True), warmup_updates=2)
+    learner.read(learner.update(batch))  # warm-up: lazy initialisation may read freely
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kw):
+            # Only amago2's own reads: torch's optimizer reads its step counters, which it
+            # keeps on the CPU whatever the device, so they wait for nothing.
+            # Critic.head_for_actions groups rows by action from sizes it reads on the CPU
+            # only (on a GPU it gathers instead), so that read waits for no device either.
+            where = sys._getframe(1).f_code.co_filename
+            if f"{os.sep}amago2{os.sep}" in where and not where.endswith(f"agent{os.sep}heads.py"):
+                reads.append(_name)
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    sums = None
+    for _ in range(3):
+        metrics = learner.update(batch)
+        sums = metrics if sums is None else {k: sums[k] + v for k, v in metrics.items()}
+    assert reads == [], f"an update read {reads} back from the device"
+    out = learner.read(sums, 3)
+    assert reads.count("tolist") <= 1 and "item" not in reads
+    assert set(out) >= {"critic_loss", "actor_loss", "grad_norm", "lr"} and all(isinstance(v, float) for v in out.values())

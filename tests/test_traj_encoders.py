@@ -660,3 +660,38 @@ def test_mamba_step_size_and_decay_init_ranges(variant):
 def test_mamba_rejects_bad_init_ranges(bad):
     with pytest.raises(ValueError, match="dt_min|a_init_range"):
         build_traj_encoder("mamba", d_in=D_IN, d_model=16, n_layers=1, max_seq_len=8, variant="mamba2", **bad)
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "sinusoidal", "learned"])
+def test_a_window_without_resets_takes_the_causal_path_with_the_same_outputs(pos_encoding, monkeypatch):
+    """resets=None on a fresh state within the window calls SDPA with is_causal=True and no
+    mask; its outputs and gradients equal the masked path's (resets given as all False)."""
+    import torch.nn.functional as F
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        calls.append((kw.get("attn_mask") is None, kw.get("is_causal", False)))
+        return sdpa(*args, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    enc = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=2, max_seq_len=16, n_heads=2,
+                             pos_encoding=pos_encoding)  # fmt: skip
+    x = torch.randn(BATCH, 12, D_IN, generator=gen(5), requires_grad=True)
+    for start in (None, enc.start_state(torch.tensor([0, 3, 40]))):
+        calls.clear()
+        y_fast, _ = enc(x, None, start)
+        assert calls and all(c == (True, True) for c in calls), calls
+        g_fast = torch.autograd.grad(y_fast.square().sum(), [x, *enc.parameters()])
+        calls.clear()
+        y_mask, _ = enc(x, torch.zeros(BATCH, 12, dtype=torch.bool), start)
+        assert all(c == (False, False) for c in calls), calls
+        g_mask = torch.autograd.grad(y_mask.square().sum(), [x, *enc.parameters()])
+        assert_rel(y_fast, y_mask, "causal path vs masked path")
+        for a, b in zip(g_fast, g_mask):
+            assert_rel(a, b, "gradients, causal path vs masked path")
+    calls.clear()
+    enc(torch.randn(BATCH, 20, D_IN), None)  # longer than the window: the mask cuts it
+    assert all(c == (False, False) for c in calls)

@@ -126,6 +126,7 @@ class Agent(nn.Module):
         self.action_dim = space_action_dim(action_space)
         self.max_seq_len = max_seq_len
         self.register_buffer("gammas", torch.tensor(gammas), persistent=False)
+        self.gamma_values = tuple(gammas)  # the same, as numbers: reading the buffer would wait for the device
         self.main_gamma_index = gammas.index(float(main_gamma))
         self.critic_type, self.n_critics, self.redq_subset, self.target_reduce = critic_type, n_critics, redq_subset, target_reduce
         self.reward_scale, self.critic_coeff, self.actor_coeff = reward_scale, critic_coeff, actor_coeff
@@ -186,9 +187,9 @@ class Agent(nn.Module):
         index in its trajectory (the batch's "position"), so that absolute position encodings
         number tokens as rollouts do; None starts every window at 0."""
         x = tstep_encoder(**tokens)  # [B, L+1, d_tstep]
-        resets = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         state = traj_encoder.start_state(positions.to(x.device)) if positions is not None else None
-        h, _ = traj_encoder(x, resets, state)
+        # A window never crosses a trajectory's start: no resets (None tells the encoder so).
+        h, _ = traj_encoder(x, None, state)
         return h  # [B, L+1, d_model]
 
     @torch.no_grad()
@@ -232,12 +233,16 @@ class Agent(nn.Module):
         return torch.ones_like(adv)
 
     # ----------------------------------------------------------------------- loss
-    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Same as `loss`: a forward() lets DistributedDataParallel hook the gradient sync."""
         return self.loss(batch)
 
-    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """The total training loss on a batch in the layout of `amago2/data/layout.py`, and metrics."""
+    def loss(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The total training loss on a batch in the layout of `amago2/data/layout.py`, and metrics.
+
+        The metrics are 0-d tensors on the batch's device, not Python numbers: reading each
+        one would make the host wait for the device at every update. Read them together,
+        once per logging interval (`Learner.read`)."""
         tokens = self._tokens(batch)
         positions = batch.get("position")
         h = self._encode(tokens, self.tstep_encoder, self.traj_encoder, positions)
@@ -277,11 +282,11 @@ class Agent(nn.Module):
             with torch.no_grad():
                 # "Accuracy": the predicted argmax bin is within one bin of the label's mean position.
                 pos = (labels * torch.arange(self.bins.n_bins, device=s.device)).sum(-1)
-                metrics["critic_bin_accuracy"] = ((log_p.argmax(-1) - pos).abs() <= 1).float().mean().item()
+                metrics["critic_bin_accuracy"] = ((log_p.argmax(-1) - pos).abs() <= 1).float().mean()
                 used = labels.sum((0, 1)) > 0
-                metrics["bins_used_frac"] = used.float().mean().item()
+                metrics["bins_used_frac"] = used.float().mean()
                 tl = target.float()
-                metrics["target_clipped_frac"] = ((tl < self.bins.min_value) | (tl > self.bins.max_value)).float().mean().item()
+                metrics["target_clipped_frac"] = ((tl < self.bins.min_value) | (tl > self.bins.max_value)).float().mean()
         else:
             critic_loss = 0.5 * (q_out[..., 0].float() - target.unsqueeze(0)).pow(2).mean()
 
@@ -315,24 +320,24 @@ class Agent(nn.Module):
                 a_pi = policy.rsample()  # [N, G, A]
                 online = -self._values(self.critic.forward_per_gamma(s_sg, a_pi, detach_params=True)).mean(0).mean()
             actor_loss = actor_loss + self.online_coeff * online
-            metrics["online_loss"] = online.item()
+            metrics["online_loss"] = online.detach()
 
         loss = self.critic_coeff * critic_loss + self.actor_coeff * actor_loss
         with torch.no_grad():
             metrics.update(
-                loss=loss.item(),
-                critic_loss=critic_loss.item(),
-                actor_loss=actor_loss.item(),
-                bc_loss=bc_loss.item(),
-                filter_rate=(adv > 0).float().mean().item(),  # whatever the filter: the share of A > 0
-                advantage_mean=adv.mean().item(),
-                entropy=policy.entropy().mean().item(),
+                loss=loss.detach(),
+                critic_loss=critic_loss.detach(),
+                actor_loss=actor_loss.detach(),
+                bc_loss=bc_loss.detach(),
+                filter_rate=(adv > 0).float().mean(),  # whatever the filter: the share of A > 0
+                advantage_mean=adv.mean(),
+                entropy=policy.entropy().mean().detach(),
                 transitions=float(s.shape[0]),
             )
             q_mean, t_mean = q_taken.mean(0), target.mean(0)
-            for i, g in enumerate(gammas.tolist()):
-                metrics[f"q_gamma_{g:g}"] = q_mean[i].item()
-                metrics[f"target_gamma_{g:g}"] = t_mean[i].item()
+            for i, g in enumerate(self.gamma_values):
+                metrics[f"q_gamma_{g:g}"] = q_mean[i]
+                metrics[f"target_gamma_{g:g}"] = t_mean[i]
         return loss, metrics
 
     # ------------------------------------------------------------------- rollouts

@@ -141,6 +141,12 @@ class Critic(nn.Module):
         """
         out = self.mlp.out
         c, n, h = hidden.shape
+        if hidden.is_cuda:
+            # Grouping needs the group sizes on the host: a wait for the device. There, all
+            # actions' outputs and a gather cost less than that wait.
+            full = self.head(hidden)  # [C, N, G, A, n_out]
+            index = action_index.view(1, n, 1, 1, 1).expand(c, n, self.n_gammas, 1, self.n_out)
+            return full.gather(3, index).squeeze(3)
         w = out.weight.view(c, h, self.n_gammas, self.n_actions, self.n_out)
         b = out.bias.view(c, 1, self.n_gammas, self.n_actions, self.n_out)
         order = torch.argsort(action_index)

@@ -7,7 +7,9 @@ vector per token, remembering what it has seen in a recurrent `state`:
     y_t, state = enc.step(x_t, reset_t, state)  # x_t [B, d_in], reset_t [B] bool
 
 `resets[b, t] = True` means token t of sequence b starts a new episode (or
-trial): nothing before t may influence outputs at or after t. A state is a
+trial): nothing before t may influence outputs at or after t. `resets=None` in the
+training form means no token resets: the same as all False, and known without reading
+a tensor (the Transformer then needs no attention mask). A state is a
 dict of tensors whose first dimension is the batch, so states can be indexed,
 concatenated and moved between devices like any batch of data. Encoders never
 mutate a state they are given; they return a new one (unless the caller of `step`
@@ -83,7 +85,10 @@ class TrajEncoder(nn.Module, abc.ABC):
         B = x.shape[0]
         return x.new_zeros(B, 0, self.d_out), state if state is not None else self.init_state(B, x.device)
 
-    def _check_inputs(self, x: torch.Tensor, resets: torch.Tensor) -> None:
+    def _check_inputs(self, x: torch.Tensor, resets: Optional[torch.Tensor]) -> torch.Tensor:
+        """Check x and resets; returns resets (all False for None)."""
+        if resets is None and x.dim() == 3:
+            resets = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         if x.dim() != 3 or x.shape[-1] != self.d_in:
             raise ValueError(
                 f"{type(self).__name__} expects x of shape [batch, length, {self.d_in}], "
@@ -95,6 +100,7 @@ class TrajEncoder(nn.Module, abc.ABC):
             )
         if resets.dtype != torch.bool:
             raise TypeError(f"resets must be a bool tensor, got {resets.dtype}")
+        return resets
 
 
 def positions_since_reset(

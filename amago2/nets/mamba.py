@@ -212,7 +212,7 @@ class MambaTrajEncoder(TrajEncoder):
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
-        self._check_inputs(x, resets)
+        resets = self._check_inputs(x, resets)
         if x.shape[1] == 0:
             return self._empty_output(x, state)
         if state is None:

@@ -130,7 +130,7 @@ class MLPTstepEncoder(TstepEncoder):
         x = self._box_features(obs)  # [B, L, d_box]
         if mask.shape != x.shape[:2]:
             raise ValueError(f"mask must have shape [batch, length] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        self.normalizer.update(x[mask.bool()])
+        self.normalizer.update(x.flatten(0, 1), mask.flatten())
 
     def encode_obs(self, obs: Obs) -> torch.Tensor:
         feats = []

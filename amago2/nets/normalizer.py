@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,26 +26,35 @@ class RunningMeanStd(nn.Module):
 
     @property
     def var(self) -> torch.Tensor:
-        # Before any data the normaliser is the identity (then clipping).
-        if self.count == 0:
-            return torch.ones_like(self.m2)
-        return self.m2 / self.count
+        # Before any data the normaliser is the identity (then clipping). A `where`, not an
+        # `if`: reading the count would make the host wait for the device.
+        return torch.where(self.count > 0, self.m2 / self.count.clamp(min=1), torch.ones_like(self.m2))
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """x [N, dim]: one batch of feature vectors."""
+    def update(self, x: torch.Tensor, weights: Optional[torch.Tensor] = None) -> None:
+        """x [N, dim]: one batch of feature vectors; `weights` [N] (0 or 1) keeps only some
+        rows (the real tokens of a padded batch) without selecting them, which would make the
+        host wait for the device to learn how many there are."""
         if x.shape[0] == 0:
             return
         x = x.to(self.mean.device, torch.float64)
-        n_b = float(x.shape[0])
-        mean_b = x.mean(0)
-        m2_b = ((x - mean_b) ** 2).sum(0)
+        if weights is None:
+            n_b = torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device)
+            mean_b = x.mean(0)
+            m2_b = ((x - mean_b) ** 2).sum(0)
+        else:
+            w = weights.to(x.device, torch.float64).unsqueeze(-1)  # [N, 1]
+            x = torch.where(w > 0, x, 0.0)  # dropped rows may hold garbage (NaN, inf): never multiply it
+            n_b = w.sum()
+            mean_b = (x * w).sum(0) / n_b.clamp(min=1)
+            m2_b = ((x - mean_b) ** 2 * w).sum(0)
         n_a = self.count.clone()
         n = n_a + n_b
         delta = mean_b - self.mean
-        self.mean += delta * (n_b / n)
-        self.m2 += m2_b + delta**2 * (n_a * n_b / n)
-        self.count.fill_(n)
+        safe_n = n.clamp(min=1)  # n = 0 only when both are empty: then nothing changes
+        self.mean += delta * (n_b / safe_n)
+        self.m2 += m2_b + delta**2 * (n_a * n_b / safe_n)
+        self.count.copy_(n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., dim] -> (x - mean) / std, clipped to [-clip, clip]; same dtype as x."""

@@ -32,14 +32,17 @@ class GRUTrajEncoder(TrajEncoder):
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
-        self._check_inputs(x, resets)
+        no_resets = resets is None
+        resets = self._check_inputs(x, resets)
         if x.shape[1] == 0:
             return self._empty_output(x, state)
         B, L, _ = x.shape
         if state is None:
             state = self.init_state(B, x.device)
         h = state["h"].transpose(0, 1).contiguous()  # [layers, B, d] as nn.GRU wants
-        cuts = torch.nonzero(resets.any(dim=0)).flatten().tolist()
+        # Where some row resets, the GRU is cut and restarted; finding those steps reads the
+        # resets back from the device, which `resets=None` (none) spares.
+        cuts = [] if no_resets else torch.nonzero(resets.any(dim=0)).flatten().tolist()
         bounds = sorted(set([0, L] + cuts))
         outs = []
         for s, e in zip(bounds[:-1], bounds[1:]):
@@ -70,7 +73,7 @@ class FFTrajEncoder(TrajEncoder):
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
     ) -> Tuple[torch.Tensor, TrajState]:
-        self._check_inputs(x, resets)
+        resets = self._check_inputs(x, resets)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(h)

@@ -125,7 +125,8 @@ class TransformerTrajEncoder(TrajEncoder):
     def _forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState], donate_state: bool
     ) -> Tuple[torch.Tensor, TrajState]:
-        self._check_inputs(x, resets)
+        no_resets = resets is None
+        resets = self._check_inputs(x, resets)
         if x.shape[1] == 0:
             return self._empty_output(x, state)
         B, L, _ = x.shape
@@ -133,6 +134,10 @@ class TransformerTrajEncoder(TrajEncoder):
         if state is None:
             state = self.init_state(B, x.device)
         cached = state["cache_t"].shape[1]  # the same for every row
+        # Nothing to mask but the future (no reset, no cache, no window cut): plain causal
+        # attention, which lets SDPA pick its flash kernels. Decided from shapes and the
+        # caller's None alone: reading `resets` would cost a host sync on a GPU.
+        causal_only = no_resets and cached == 0 and 1 < L <= W
         # A rollout step with a full cache overwrites the oldest slot instead of concatenating:
         # the cache then stops being in time order, which attention (masked by each slot's t) ignores.
         ring = L == 1 and cached == W
@@ -154,7 +159,9 @@ class TransformerTrajEncoder(TrajEncoder):
         else:
             t_k = torch.cat([state["cache_t"], t_q], dim=1) if cached else t_q  # [B, K]
         tk, tq, sq = t_k[:, None, :], t_q[:, :, None], start_q[:, :, None]
-        if L == 1:
+        if causal_only:
+            mask = None
+        elif L == 1:
             # The cache holds exactly the last <= W tokens up to this one, so only the
             # episode boundary can mask a key.
             mask = (tk >= sq).unsqueeze(1)  # [B, 1, 1, K]
@@ -181,7 +188,8 @@ class TransformerTrajEncoder(TrajEncoder):
                 k = torch.cat([state[f"k{i}"].to(k.dtype), k], dim=2)
                 v = torch.cat([state[f"v{i}"].to(v.dtype), v], dim=2)
             attn = F.scaled_dot_product_attention(
-                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=None if causal_only else mask, is_causal=causal_only,
+                dropout_p=self.attn_dropout if self.training else 0.0,
             )
             h = block.finish(h, attn)
             # The cache keeps the last W tokens.
