@@ -214,8 +214,10 @@ class Experiment(CheckpointedRun):
         over the whole run) is a function of the seed, k and the store, so a resumed run draws
         the batches the first run drew."""
         first = self.updates * self.learner.accum_steps
+        # On a GPU the threads pin each batch, so that its copy to the device is asynchronous.
         return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
-                          first_batch=first, n_batches=n_batches, device=self.device)  # fmt: skip
+                          first_batch=first, n_batches=n_batches, device=self.device,
+                          pin_memory=self.device.type == "cuda")  # fmt: skip
 
     # ------------------------------------------------------------------- phases
     def update(self, batches) -> Dict[str, float]:
