@@ -165,6 +165,8 @@ def cmd_eval(args) -> int:
     from amago2.evaluation import make_eval_pool, run_trials, sampled_names
     from amago2.experiment import experiment_settings
 
+    if args.save_values and not args.save_trajs:
+        raise SystemExit("amago2 eval: --save-values writes beside the saved trajectories; give --save-trajs DIR too")
     target = Path(args.target)
     run_dir = target if target.is_dir() else target.parent.parent
     config = run_dir / CONFIG_NAME
@@ -194,6 +196,11 @@ def cmd_eval(args) -> int:
     print(f"{ckpt}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.items())))
     if args.save_trajs:
         print(f"trajectories saved to {args.save_trajs}")
+    if args.save_values:
+        from amago2.agent.values import save_trajectory_values
+
+        written = [save_trajectory_values(agent, p, device) for p in sorted(Path(args.save_trajs).rglob("*.npz"))]
+        print(f"values of {len(written)} trajectories saved beside them (<file>.values, read with numpy.load)")
     return 0
 
 
@@ -249,6 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ev.add_argument("target", help="run directory or checkpoint file")
     ev.add_argument("--episodes", type=int, default=16, help="number of trials to run")
     ev.add_argument("--save-trajs", help="also save the trajectories (usable as an offline dataset)")
+    ev.add_argument("--save-values", action="store_true",
+                    help="with --save-trajs: also write the critic's Q, V and advantage per gamma beside each file")
     ev.add_argument("--bind", action="append", default=[], help="extra gin binding")
     ev.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                      help="import MODULE before reading the config (e.g. one that registers your envs)")

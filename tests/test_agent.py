@@ -464,3 +464,29 @@ def test_an_untrained_critic_predicts_about_zero_whatever_the_bin_range():
         # The middle of these ranges decodes to about 5 and about 100; the prior starts at 0.
         assert q.mean().abs() < 0.05 and q.abs().max() < 1.0, q.abs().max()
         assert q_target.mean().abs() < 0.05
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_values_are_the_numbers_the_actor_filter_reads(discrete):
+    """Agent.values gives, on every real transition, the advantage the loss filters by: its
+    mean over the mask equals the loss's advantage_mean (discrete: exactly; continuous: the
+    expectation is sampled, so to sampling error), and for discrete actions V is the policy's
+    expectation of Q."""
+    obs = gym.spaces.Box(-1, 1, (3,))
+    act = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1, 1, (2,))
+    batch = random_batch(obs, act, B=4, L=6, seed=7)
+    agent = small_agent(obs, act, seed=1, n_action_samples=256)
+    agent.update_normalizer(batch)
+    out = agent.values(batch, n_action_samples=256)
+    B, L = batch["mask"].shape[0], batch["mask"].shape[1] - 1
+    G = len(agent.gamma_values)
+    assert out["q"].shape == out["v"].shape == out["advantage"].shape == (B, L, G)
+    mask = out["mask"]
+    torch.testing.assert_close(out["advantage"], out["q"] - out["v"])
+    _, metrics = agent.loss(batch)
+    tol = 1e-5 if discrete else 0.05
+    assert out["advantage"][mask].mean().item() == pytest.approx(metrics["advantage_mean"].item(), abs=tol)
+    if discrete:
+        probs = agent.policy(agent.actor(agent._encode(agent._tokens(batch), agent.tstep_encoder, agent.traj_encoder)[:, :-1])).probs
+        torch.testing.assert_close(out["v"], (probs * out["q_all"]).sum(-1))
+    assert agent.training, "values() restores the training mode"

@@ -90,6 +90,17 @@ def test_train_eval_and_plot_from_the_cli(tiny_config, tmp_path):
     traj = load_trajectory(files[0])
     assert len(traj["time"]) == 6 and traj["terminal"][-1]  # horizon 4: 5 transitions, ends at the junction
 
+    # The critic's view of each saved trajectory, beside it.
+    values_dir = tmp_path / "with-values"
+    out = amago2("eval", str(run_dir), "--episodes", "2", "--save-trajs", str(values_dir), "--save-values")
+    assert out.returncode == 0, out.stderr
+    saved = sorted(values_dir.rglob("*.npz"))
+    assert saved and all(p.with_name(p.name + ".values").is_file() for p in saved)
+    v = np.load(saved[0].with_name(saved[0].name + ".values"))
+    T = len(load_trajectory(saved[0])["terminal"]) - 1
+    assert v["q"].shape == v["v"].shape == v["advantage"].shape == (T, 1) and v["q_all"].shape == (T, 1, 3)
+    assert ReplayStore(None, 0, protected_dirs=[values_dir]).num_files == len(saved), "a .values file is no trajectory"
+
     # Evaluation builds only the eval envs: a training env that cannot be made does not matter.
     out = amago2("eval", str(run_dir), "--episodes", "2", "--bind", 'Experiment.train_env = "NoSuchEnv-v0"',
                  "--bind", 'Experiment.eval_env = "amago2/TMaze-v0"')  # fmt: skip

@@ -29,6 +29,7 @@ from torch import nn
 from amago2.agent.distributions import CONTINUOUS_POLICIES, DiscretePolicy
 from amago2.agent.heads import Actor, Critic
 from amago2.agent.twohot import ValueBins
+from amago2.agent.values import value_estimates
 from amago2.data.layout import TOKEN_KEYS
 from amago2.nets.base import TrajState
 from amago2.nets.factory import build_traj_encoder
@@ -339,6 +340,11 @@ class Agent(nn.Module):
                 metrics[f"q_gamma_{g:g}"] = q_mean[i]
                 metrics[f"target_gamma_{g:g}"] = t_mean[i]
         return loss, metrics
+
+    def values(self, batch: Batch, n_action_samples: int = 16) -> Dict[str, torch.Tensor]:
+        """Q of the taken action, V and the advantage per gamma for every timestep of `batch`
+        (see `amago2.agent.values.value_estimates`)."""
+        return value_estimates(self, batch, n_action_samples)
 
     # ------------------------------------------------------------------- rollouts
     def init_state(self, batch_size: int, device=None) -> TrajState:
