@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torch.utils.checkpoint import checkpoint
+
 from amago2.nets.base import TrajEncoder, TrajState, same_segment_as_last
 from amago2.nets.linear_recurrence import chunked_linear_recurrence
 from amago2.nets.scan import selective_scan
@@ -163,6 +165,10 @@ class MambaTrajEncoder(TrajEncoder):
             with weight <= 0.01; a small range such as (0.002, 0.032) with delta near 1
             starts every head like a retention head (decay 0.97-0.999, writes of weight 0.5-1),
             which is what let Mamba-2 learn the 50-step T-maze recall (gin/tmaze.gin).
+        checkpoint_layers: keep only each block's input for the backward pass and recompute
+            the block there (activation checkpointing): training memory falls to about one
+            block's activations plus a [B, L, d_model] input per layer, for one more forward
+            pass of compute. Outputs and gradients are unchanged. Only while gradients are on.
     """
 
     def __init__(
@@ -181,8 +187,10 @@ class MambaTrajEncoder(TrajEncoder):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         a_init_range: Tuple[float, float] = (1.0, 16.0),
+        checkpoint_layers: bool = False,
     ):
         super().__init__(d_in, d_model, n_layers, max_seq_len)
+        self.checkpoint_layers = checkpoint_layers
         if variant not in MAMBA_VARIANTS:
             raise ValueError(f"variant must be one of {MAMBA_VARIANTS}, got {variant!r}")
         if not 0 < dt_min <= dt_max:
@@ -219,9 +227,18 @@ class MambaTrajEncoder(TrajEncoder):
             state = self.init_state(x.shape[0], x.device)
         h = self.inp(x)
         convs, ssms = [], []
-        for i, (norm, mixer) in enumerate(zip(self.norms, self.mixers)):
-            out, (conv, ssm) = mixer(norm(h), resets, state["conv"][:, i], state["ssm"][:, i])
+        recompute = self.checkpoint_layers and torch.is_grad_enabled()
+        for i in range(self.n_layers):
+            args = (h, resets, state["conv"][:, i], state["ssm"][:, i])
+            if recompute:
+                out, (conv, ssm) = checkpoint(self._block, i, *args, use_reentrant=False)
+            else:
+                out, (conv, ssm) = self._block(i, *args)
             h = h + out
             convs.append(conv)
             ssms.append(ssm)
         return self.norm_out(h), {"conv": torch.stack(convs, 1), "ssm": torch.stack(ssms, 1)}
+
+    def _block(self, i: int, h, resets, conv_window, ssm):
+        """Block i's mixer on RMSNorm(h): its output and next (conv window, ssm state)."""
+        return self.mixers[i](self.norms[i](h), resets, conv_window, ssm)

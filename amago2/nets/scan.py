@@ -144,13 +144,15 @@ class _SelectiveScan(torch.autograd.Function):
             hs = _chunk_states(a, du[:, s:e].unsqueeze(-1) * Bm[:, s:e].unsqueeze(2), h)  # [B, K, D, N]
             y[:, s:e] = (hs * Cm[:, s:e].unsqueeze(2)).sum(-1)
             h = hs[:, -1].clone()
-        ctx.save_for_backward(u, delta, delta_cut, A, Bm, Cm, torch.stack(starts, 1))
+        # delta_cut is rebuilt in the backward pass from the [B, L] resets instead of kept.
+        ctx.save_for_backward(u, delta, resets, A, Bm, Cm, torch.stack(starts, 1))
         return y, h
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
-        u, delta, delta_cut, A, Bm, Cm, starts = ctx.saved_tensors
+        u, delta, resets, A, Bm, Cm, starts = ctx.saved_tensors
         L = u.shape[1]
+        delta_cut = delta.masked_fill(resets.unsqueeze(-1), float("inf"))
         if grad_y is None:
             grad_y = torch.zeros_like(u)
         du = delta * u
