@@ -23,6 +23,7 @@ INSTALL_HINTS = {
     "minigrid": 'pip install -e ".[envs]"  (or: pip install minigrid)',
     "ale_py": 'pip install -e ".[envs]"  (or: pip install ale-py)',
     "procgen": 'pip install -e ".[procgen]" in its own environment (procgen2 needs numpy<2)',
+    "envpool": 'pip install -e ".[envpool]"  (or: pip install envpool)',
 }
 
 
