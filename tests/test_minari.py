@@ -167,14 +167,18 @@ def test_import_gives_what_agent_env_gives(minari, tmp_path, make_env, trial_epi
         assert meta["task"] == (dataset.env_spec.id if dataset.env_spec is not None else "test/collected-v0")
 
 
-def test_round_trip_through_minari_loses_nothing(minari, tmp_path):
+@pytest.mark.parametrize("data_format", ["hdf5", "arrow"])
+def test_round_trip_through_minari_loses_nothing(minari, tmp_path, data_format):
     """Import, export, import again: the trajectories are equal array for array, task and returns too,
-    and the exported dataset holds the original's observations, rewards and flags."""
+    and the exported dataset holds the original's observations, rewards and flags (in both of
+    Minari's storage formats)."""
     from amago2.datasets import export_minari, import_minari
 
+    if data_format == "arrow":
+        pytest.importorskip("pyarrow", reason='the arrow format needs pyarrow: pip install "minari[arrow]"')
     original, _ = collect(minari, DictEnv, "test/dict-v0", trials=4)
     import_minari("test/dict-v0", tmp_path / "first")
-    exported = export_minari(tmp_path / "first", "test/dict-export-v0", DictEnv)
+    exported = export_minari(tmp_path / "first", "test/dict-export-v0", DictEnv, data_format=data_format)
     assert exported.total_episodes == 4 and exported.storage.metadata["amago2"]["version"] == 1
     summary = import_minari("test/dict-export-v0", tmp_path / "second")
     assert summary.amago2_export

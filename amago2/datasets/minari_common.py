@@ -8,8 +8,8 @@ what the trajectory layout holds and Minari's episodes cannot express:
   trial, inner episodes included);
 * in every episode's `infos` (one row per observation, T + 1 rows): the token arrays
   `amago2_prev_action` (float32 [T+1, A], the agent's actions exactly, before they were mapped to
-  the env's action space), `amago2_prev_reward` (float32), `amago2_time` (int64) and
-  `amago2_episode_start` (bool);
+  the env's action space), `amago2_prev_reward` (float32 [T+1, 1]), `amago2_time` (int64
+  [T+1, 1]) and `amago2_episode_start` (bool [T+1, 1]);
 * in every episode's metadata: `amago2_task` and `amago2_returns` when the trajectory had them.
 
 `minari_import` restores trajectories from these entries exactly, after checking them against

@@ -72,7 +72,9 @@ def rollout_episode(rollout: Rollout, inverse: ObservationInverse, actions: Acti
     truncations = np.zeros(steps, dtype=np.bool_)
     terminations[-1] = bool(traj["terminal"][-1])
     truncations[-1] = not terminations[-1]
-    infos = {name: np.asarray(traj[key]) for key, name in INFO_KEYS.items()}
+    # Per-token scalars go in as [T+1, 1]: Minari's arrow storage cannot read back infos whose
+    # steps have shape () (it parses their empty shape as a number).
+    infos = {name: np.asarray(traj[key]).reshape(steps + 1, -1) for key, name in INFO_KEYS.items()}
     return EpisodeBuffer(
         observations=obs, actions=np.stack([np.asarray(a) for a in env_actions]),
         rewards=np.asarray(traj["prev_reward"][1:], np.float64), terminations=terminations,

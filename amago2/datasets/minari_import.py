@@ -94,8 +94,15 @@ def exported_trajectory(ep: Any, obs_converter: ObservationConverter, action_con
     missing = [name for name in INFO_KEYS.values() if name not in ep.infos]
     if missing:
         raise ValueError(f"episode {ep.id} of an amago2 export lacks the infos {missing}: the dataset was changed after export")
-    traj = {key: np.asarray(ep.infos[name]) for key, name in INFO_KEYS.items()}
     steps = len(ep.rewards)
+    changed = (f"episode {ep.id}: the actions or rewards disagree with the amago2 entries of its infos, so the "
+               f"dataset was changed after amago2 exported it; import it as a plain Minari dataset with "
+               f"use_amago2_infos=False (--ignore-amago2-infos)")  # fmt: skip
+    if any(len(ep.infos[name]) != steps + 1 for name in INFO_KEYS.values()):
+        raise ValueError(changed)
+    # The exporter stores every entry as [T+1, d] (minari_export); the layout's scalars are [T+1].
+    traj = {key: np.asarray(ep.infos[name]).reshape(steps + 1, -1) for key, name in INFO_KEYS.items()}
+    traj.update({key: value[:, 0] for key, value in traj.items() if key != "prev_action"})
     traj["obs"] = _converted_obs(obs_converter, ep.observations, steps + 1)
     traj["terminal"] = np.zeros(steps + 1, dtype=np.bool_)
     traj["terminal"][-1] = bool(ep.terminations[-1])
@@ -103,12 +110,8 @@ def exported_trajectory(ep: Any, obs_converter: ObservationConverter, action_con
     expected = [action_converter.to_env(a) for a in agent]
     actions_agree = all(np.array_equal(np.asarray(e), np.asarray(step_of(ep.actions, t))) for t, e in enumerate(expected))
     rewards_agree = np.array_equal(traj["prev_reward"][1:].astype(np.float64), np.asarray(ep.rewards, np.float64))
-    if len(traj["prev_action"]) != steps + 1 or not (actions_agree and rewards_agree):
-        raise ValueError(
-            f"episode {ep.id}: the actions or rewards disagree with the amago2 entries of its infos, so the "
-            f"dataset was changed after amago2 exported it; import it as a plain Minari dataset with "
-            f"use_amago2_infos=False (--ignore-amago2-infos)"
-        )
+    if not (actions_agree and rewards_agree):
+        raise ValueError(changed)
     return traj
 
 
