@@ -47,7 +47,6 @@ instead (`atari_envpool.py`, the `envpool` extra).
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -57,7 +56,7 @@ import numpy as np
 from gymnasium import spaces
 
 from amago2.envs.mixture import TaskMixture
-from amago2.envs.suites import require
+from amago2.envs.suites import game_key, match_game_name, require
 from amago2.envs.suites.area_resize import AreaResize
 
 SUITE = "Atari"
@@ -145,18 +144,13 @@ DEFAULT_MAX_EPISODE_STEPS = 27_000
 """108,000 frames at frame skip 4: the standard 30-minute episode cap."""
 
 
-def _key(name: str) -> str:
-    """Name comparison ignores case and underscores: "MsPacman" == "ms_pacman" == "mspacman"."""
-    return name.replace("_", "").replace("-", "").lower()
-
-
-_SCORE_KEYS = {_key(name): name for name in ATARI_SCORES}
+_SCORE_KEYS = {game_key(name): name for name in ATARI_SCORES}
 
 
 def human_normalized_score(game: str, episode_return: float) -> Optional[float]:
     """(return - random) / (human - random) for a game of `ATARI_SCORES`; None for any other
     game (there is no reference to normalise by). Game names as in `canonical_game_name`."""
-    name = _SCORE_KEYS.get(_key(game))
+    name = _SCORE_KEYS.get(game_key(game))
     if name is None:
         return None
     random, human = ATARI_SCORES[name]
@@ -177,17 +171,7 @@ def available_games() -> Dict[str, str]:
 
 def canonical_game_name(game: str) -> str:
     """The game's CamelCase name ("ms_pacman" -> "MsPacman"); raises naming the valid games."""
-    games = available_games()
-    by_key = {_key(name): name for name in games}
-    name = by_key.get(_key(str(game)))
-    if name is None:
-        close = difflib.get_close_matches(str(game), list(games), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown Atari game {game!r}.{hint} Valid games (the ROMs ale-py ships; case and "
-            f"underscores do not matter): {', '.join(sorted(games))}"
-        )
-    return name
+    return match_game_name(game, available_games(), "the ROMs ale-py ships")
 
 
 # --------------------------------------------------------------------------------------

@@ -26,18 +26,13 @@ batches the games, and envpool's gain here is its C++ emulator loop and preproce
 
 from __future__ import annotations
 
-import difflib
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from amago2.envs.suites import require
+from amago2.envs.suites import match_game_name, require
 
 SUITE = "Atari (envpool backend)"
-
-
-def _key(name: str) -> str:
-    return name.replace("_", "").replace("-", "").lower()
 
 
 def envpool_games() -> Dict[str, str]:
@@ -48,14 +43,7 @@ def envpool_games() -> Dict[str, str]:
 
 def envpool_game_name(game: str) -> str:
     """envpool's name of a game ("ms_pacman" -> "MsPacman"); raises naming the valid games."""
-    games = envpool_games()
-    by_key = {_key(name): name for name in games}
-    name = by_key.get(_key(str(game)))
-    if name is None:
-        close = difflib.get_close_matches(str(game), list(games), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown Atari game {game!r} for envpool.{hint} Valid games: {', '.join(sorted(games))}")
-    return name
+    return match_game_name(game, envpool_games(), "the Atari games envpool ships")
 
 
 class EnvpoolAtari:
