@@ -21,7 +21,8 @@ backend. Where the two differ, because envpool does so in its C++ code:
   (docs/training.md, "What a resume guarantees").
 
 Each `EnvpoolAtari` holds its own envpool env of one game (`num_envs=1`): amago2's env pool
-batches the games, and envpool's gain here is its C++ emulator loop and preprocessing.
+batches the games. On a 2-core machine under load this was not faster than the ale-py
+backend per CPU-second (docs/benchmarks.md, "Atari backends").
 """
 
 from __future__ import annotations
