@@ -248,6 +248,36 @@ def test_offline_experiment_trains_on_an_imported_dataset(minari, tmp_path, clea
     assert exp.updates == 6 and exp.env_steps == 0 and result["trials"] >= 1
 
 
+@pytest.mark.slow
+def test_offline_agent_learns_a_scripted_controller_from_minari_data(minari, tmp_path, clean_gin):
+    """Trained offline on an imported dataset of a scripted CartPole controller (10% random
+    actions), the agent balances the pole online to the 100-step cap: random play lasts ~22 steps,
+    so the imported actions must line up with the observations they answered."""
+    from amago2.datasets import import_minari
+    from amago2.experiment import Experiment
+
+    make_env = lambda: gym.make("CartPole-v1", max_episode_steps=100)  # noqa: E731
+    env = minari.DataCollector(make_env())
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        rng, done = np.random.default_rng(seed), False
+        while not done:
+            action = int(obs[2] + 0.5 * obs[3] > 0) if rng.random() > 0.1 else int(rng.integers(2))
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    with pytest.warns(UserWarning):  # Minari asks for an author, a permalink, ...
+        env.create_dataset("test/cartpole-scripted-v0", algorithm_name="scripted")
+    import_minari("test/cartpole-scripted-v0", tmp_path / "data")
+    gin.parse_config(TINY_AGENT + ["Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9", "Agent.n_critics = 2"])
+    exp = Experiment(
+        run_dir=tmp_path / "run", train_env=make_env, offline=True, protected_dirs=[str(tmp_path / "data")],
+        n_envs=4, max_seq_len=32, batch_size=16, epochs=20, updates_per_epoch=30, eval_every_epochs=0, eval_trials=8,
+        checkpoint_every_epochs=0, progress=False, use_wandb=False, seed=0, train_threads=1,
+    )  # fmt: skip
+    result = exp.run()
+    assert exp.env_steps == 0 and result["return/all"] >= 90, result
+
+
 def test_command_line_import_and_export(minari, tmp_path, capsys):
     from amago2.cli import main
 
