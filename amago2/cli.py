@@ -1,9 +1,11 @@
-"""The command line: `amago2 train | eval | plot` (also `python -m amago2 ...`).
+"""The command line: `amago2 train | eval | baseline | plot | data` (also `python -m amago2 ...`).
 
     amago2 train gin/tmaze.gin [--bind 'Experiment.epochs = 50' ...] [--run-dir DIR] [--resume] [--import MODULE]
     amago2 eval RUN_DIR_OR_CHECKPOINT --episodes 32 [--save-trajs DIR]
     amago2 baseline gin/tmaze.gin [--run-dir DIR]     # what a policy without memory reaches
     amago2 plot RUN_DIR [RUN_DIR ...] [--out curves.png]
+    amago2 data import-minari NAME_OR_PATH OUT_DIR [--trial-episodes K] [--task NAME] [--download]
+    amago2 data export-minari TRAJ_DIR DATASET_ID --env ENV_ID [--env-kwargs JSON] [--data-format hdf5|arrow]
 
 As with `python -m amago2`, the working directory is on the import path, so a config can
 name an env in a module of yours (`Experiment.train_env = "myenvs:MyTask-v0"`). `--import
@@ -237,6 +239,62 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_import_minari(args) -> int:
+    from amago2.datasets import import_minari
+
+    for module in args.imports:
+        importlib.import_module(module)
+    summary = import_minari(args.dataset, args.out_dir, trial_episodes=args.trial_episodes, task=args.task,
+                            use_amago2_infos=not args.ignore_amago2_infos, download=args.download)  # fmt: skip
+    how = "restored exactly (an amago2 export)" if summary.amago2_export else f"{args.trial_episodes} episode(s) per trajectory"
+    print(f"{summary.dataset_id}: {summary.episodes} episodes, {summary.transitions} transitions -> "
+          f"{len(summary.paths)} trajectory files in {args.out_dir} ({how})")  # fmt: skip
+    if summary.skipped_empty:
+        print(f"skipped {len(summary.skipped_empty)} episodes without a step: {summary.skipped_empty}")
+    if summary.dropped_incomplete_trial:
+        print(f"dropped the last {len(summary.dropped_incomplete_trial)} episodes, too few for a trial: {summary.dropped_incomplete_trial}")
+    print(f"train on it offline: --bind 'Experiment.offline = True' --bind 'Experiment.protected_dirs = [\"{args.out_dir}\"]'")
+    return 0
+
+
+def cmd_export_minari(args) -> int:
+    import json
+
+    from amago2.datasets import export_minari
+
+    for module in args.imports:
+        importlib.import_module(module)
+    kwargs = json.loads(args.env_kwargs) if args.env_kwargs else None
+    dataset = export_minari(args.traj_dir, args.dataset_id, args.env, env_kwargs=kwargs, data_format=args.data_format,
+                            author=args.author, description=args.description)  # fmt: skip
+    print(f"{dataset.id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps -> {dataset.spec.data_path}")
+    return 0
+
+
+def _add_data_commands(sub) -> None:
+    data = sub.add_parser("data", help="convert offline datasets: Minari to trajectory files and back").add_subparsers(dest="data_command", required=True)
+    imp = data.add_parser("import-minari", help="write a Minari dataset as amago2 trajectory files (for Experiment.protected_dirs)")
+    imp.add_argument("dataset", help="a local Minari dataset id (e.g. mujoco/pusher/expert-v0) or a dataset folder")
+    imp.add_argument("out_dir", help="an empty or new directory for the trajectory files")
+    imp.add_argument("--trial-episodes", type=int, default=1, help="consecutive episodes per trajectory (meta-RL trials)")
+    imp.add_argument("--task", help="task name stored in the files (default the dataset's env id)")
+    imp.add_argument("--download", action="store_true", help="download the dataset id with Minari if it is not local")
+    imp.add_argument("--ignore-amago2-infos", action="store_true", help="read an amago2 export as a plain Minari dataset")
+    exp = data.add_parser("export-minari", help="write trajectory files (a run's replay, eval --save-trajs) as a Minari dataset")
+    exp.add_argument("traj_dir", help="directory of trajectory files, searched recursively")
+    exp.add_argument("dataset_id", help="new Minari dataset id, (namespace/)name-v<version>")
+    exp.add_argument("--env", required=True, help="gymnasium id of the env the data came from (as in Experiment.train_env)")
+    exp.add_argument("--env-kwargs", help="JSON keyword arguments for the env (as Experiment.env_kwargs)")
+    exp.add_argument("--data-format", default="hdf5", choices=("hdf5", "arrow"))
+    exp.add_argument("--author")
+    exp.add_argument("--description")
+    for parser in (imp, exp):
+        parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                            help="import MODULE first (e.g. one that registers your env ids)")  # fmt: skip
+    imp.set_defaults(fn=cmd_import_minari)
+    exp.set_defaults(fn=cmd_export_minari)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     # `python -m amago2` has the working directory on the path; the `amago2` script does not.
     # Both should find a user's env module beside their config.
@@ -276,6 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     plot.add_argument("--out", help="PNG path (default <first run>/curves.png)")
     plot.add_argument("--x", default="env_steps", choices=("env_steps", "updates", "wall_time"))
     plot.set_defaults(fn=cmd_plot)
+    _add_data_commands(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 

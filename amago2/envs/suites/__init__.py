@@ -10,8 +10,10 @@ configs can name them: `Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from types import ModuleType
+from typing import Iterable
 
 SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari")
 SUITE_LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py"}
@@ -23,6 +25,7 @@ INSTALL_HINTS = {
     "minigrid": 'pip install -e ".[envs]"  (or: pip install minigrid)',
     "ale_py": 'pip install -e ".[envs]"  (or: pip install ale-py)',
     "procgen": 'pip install -e ".[procgen]" in its own environment (procgen2 needs numpy<2)',
+    "envpool": 'pip install -e ".[envpool]"  (or: pip install envpool)',
 }
 
 
@@ -33,6 +36,26 @@ def require(module: str, suite: str) -> ModuleType:
     except ImportError as err:
         hint = INSTALL_HINTS.get(module, f"pip install {module}")
         raise ImportError(f"the {suite} suite needs the `{module}` package, which is not importable ({err}). Install it: {hint}") from err
+
+
+def game_key(name: str) -> str:
+    """A game name without case, underscores and hyphens, to compare names by."""
+    return str(name).replace("_", "").replace("-", "").lower()
+
+
+def match_game_name(game: str, games: Iterable[str], source: str) -> str:
+    """The name in `games` that `game` means, whatever its case, underscores and hyphens
+    ("ms_pacman" -> "MsPacman"); raises naming the valid games, which come from `source`."""
+    games = list(games)
+    name = {game_key(g): g for g in games}.get(game_key(game))
+    if name is None:
+        close = difflib.get_close_matches(str(game), games, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown Atari game {game!r}.{hint} Valid games ({source}; case and underscores do not "
+            f"matter): {', '.join(sorted(games))}"
+        )
+    return name
 
 
 def register_suite_ids() -> None:

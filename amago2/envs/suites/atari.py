@@ -41,12 +41,12 @@ Scores: `normalized_score(episode_return)` is the human-normalised score
 returns None (no normalised score is logged for it), never a made-up one.
 
 `ale_py` is imported only when a game is built (`require`), so `import amago2` works
-without it.
+without it. `AtariGame(backend="envpool")` runs the same preprocessing in envpool's C++ ALE
+instead (`atari_envpool.py`, the `envpool` extra).
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -56,7 +56,8 @@ import numpy as np
 from gymnasium import spaces
 
 from amago2.envs.mixture import TaskMixture
-from amago2.envs.suites import require
+from amago2.envs.suites import game_key, match_game_name, require
+from amago2.envs.suites.area_resize import AreaResize
 
 SUITE = "Atari"
 
@@ -136,22 +137,20 @@ ATARI5_GAMES: Tuple[str, ...] = ("BattleZone", "DoubleDunk", "NameThisGame", "Ph
 """Atari-5 (Aitchison et al. 2023), five games whose scores predict the median
 human-normalised score over all 57; pass `games=ATARI5_GAMES` for a cheaper proxy of Atari-57."""
 
+BACKENDS = ("ale", "envpool")
+"""Emulators `AtariGame` can run on: ale-py (the `envs` extra) or envpool (the `envpool` extra)."""
+
 DEFAULT_MAX_EPISODE_STEPS = 27_000
 """108,000 frames at frame skip 4: the standard 30-minute episode cap."""
 
 
-def _key(name: str) -> str:
-    """Name comparison ignores case and underscores: "MsPacman" == "ms_pacman" == "mspacman"."""
-    return name.replace("_", "").replace("-", "").lower()
-
-
-_SCORE_KEYS = {_key(name): name for name in ATARI_SCORES}
+_SCORE_KEYS = {game_key(name): name for name in ATARI_SCORES}
 
 
 def human_normalized_score(game: str, episode_return: float) -> Optional[float]:
     """(return - random) / (human - random) for a game of `ATARI_SCORES`; None for any other
     game (there is no reference to normalise by). Game names as in `canonical_game_name`."""
-    name = _SCORE_KEYS.get(_key(game))
+    name = _SCORE_KEYS.get(game_key(game))
     if name is None:
         return None
     random, human = ATARI_SCORES[name]
@@ -172,68 +171,7 @@ def available_games() -> Dict[str, str]:
 
 def canonical_game_name(game: str) -> str:
     """The game's CamelCase name ("ms_pacman" -> "MsPacman"); raises naming the valid games."""
-    games = available_games()
-    by_key = {_key(name): name for name in games}
-    name = by_key.get(_key(str(game)))
-    if name is None:
-        close = difflib.get_close_matches(str(game), list(games), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown Atari game {game!r}.{hint} Valid games (the ROMs ale-py ships; case and "
-            f"underscores do not matter): {', '.join(sorted(games))}"
-        )
-    return name
-
-
-# --------------------------------------------------------------------------------------
-# Resizing
-# --------------------------------------------------------------------------------------
-
-
-def _area_taps(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Area-averaging weights along one axis, as (index [n_out, K], weight [n_out, K]).
-
-    Output pixel i covers the input interval [i * s, (i + 1) * s) with s = n_in / n_out;
-    input pixel j gets the length of its overlap with that interval, divided by s, so the
-    weights of each output sum to 1. Only K (at most ceil(s) + 1) inputs overlap an output,
-    so the taps are stored sparsely: for 210x160 -> 84x84 that is ~60x fewer multiplications
-    than a dense matrix product.
-    """
-    s = n_in / n_out
-    edges = np.arange(n_out + 1) * s
-    j = np.arange(n_in)
-    overlap = np.minimum(edges[1:, None], j + 1) - np.maximum(edges[:-1, None], j)
-    dense = np.clip(overlap, 0.0, None) / s  # [n_out, n_in]
-    covered = dense > 1e-12
-    first = covered.argmax(axis=1)
-    k = int(covered.sum(axis=1).max())
-    index = first[:, None] + np.arange(k)
-    valid = index < n_in
-    index = np.minimum(index, n_in - 1)
-    weight = np.where(valid, np.take_along_axis(dense, index, axis=1), 0.0)
-    return index, weight.astype(np.float32)
-
-
-class AreaResize:
-    """Resize a 2-d uint8 image by area averaging (see `_area_taps`), rounding to uint8.
-
-    Rows first, then columns (on the transposed intermediate, so both passes gather whole
-    rows, which numpy does fast).
-    """
-
-    def __init__(self, in_hw: Tuple[int, int], out_hw: Tuple[int, int]):
-        self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
-        row_index, row_weight = _area_taps(in_hw[0], out_hw[0])
-        col_index, col_weight = _area_taps(in_hw[1], out_hw[1])
-        self._rows = [(row_index[:, k].copy(), row_weight[:, k : k + 1].copy()) for k in range(row_index.shape[1])]
-        self._cols = [(col_index[:, k].copy(), col_weight[:, k : k + 1].copy()) for k in range(col_index.shape[1])]
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        if image.shape != self.in_hw:
-            raise ValueError(f"AreaResize expects an image of shape {self.in_hw}, got {image.shape}")
-        rows = sum(image[index] * weight for index, weight in self._rows)  # [out_h, in_w] float32
-        cols = sum(rows.T[index] * weight for index, weight in self._cols)  # [out_w, out_h]
-        return np.rint(cols.T).astype(np.uint8)
+    return match_game_name(game, available_games(), "the ROMs ale-py ships")
 
 
 # --------------------------------------------------------------------------------------
@@ -258,6 +196,8 @@ class AtariGame(gym.Env):
         screen_size: side of the square observation.
         full_action_space: all 18 actions (True), or the game's minimal set.
         render_mode: None or "rgb_array" (`render()` returns the colour screen).
+        backend: "ale" (ale-py, preprocessed here) or "envpool" (envpool's C++ emulator loop and
+            preprocessing, `atari_envpool.py`: same observations, spaces and scores).
     """
 
     metadata = {"render_modes": ["rgb_array"]}
@@ -272,6 +212,7 @@ class AtariGame(gym.Env):
         screen_size: int = 84,
         full_action_space: bool = True,
         render_mode: Optional[str] = None,
+        backend: str = "ale",
     ):
         if int(frame_skip) != frame_skip or frame_skip < 1:
             raise ValueError(f"AtariGame: frame_skip must be a positive integer, got {frame_skip!r}")
@@ -283,14 +224,29 @@ class AtariGame(gym.Env):
             raise ValueError(f"AtariGame: screen_size must be a positive integer, got {screen_size!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"AtariGame: render_mode must be None or 'rgb_array', got {render_mode!r}")
-        require("ale_py", SUITE)
-        from ale_py.env import AtariEnv
-
-        self.game = canonical_game_name(game)
+        if backend not in BACKENDS:
+            raise ValueError(f"AtariGame: backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
         self.frame_skip = int(frame_skip)
         self.max_episode_steps = int(max_episode_steps)
         self.max_pool = bool(max_pool)
         self.render_mode = render_mode
+        self.observation_space = spaces.Box(0, 255, (1, int(screen_size), int(screen_size)), np.uint8)
+        if backend == "envpool":
+            if not self.max_pool or render_mode is not None:
+                raise ValueError("AtariGame: the envpool backend always max-pools and cannot render; use backend='ale'")
+            from amago2.envs.suites.atari_envpool import EnvpoolAtari
+
+            emulator = EnvpoolAtari(game, self.frame_skip, repeat_action_probability, self.max_episode_steps,
+                                    int(screen_size), full_action_space)  # fmt: skip
+            self.game, self._env = emulator.game, emulator
+            self.action_space = spaces.Discrete(emulator.n_actions)
+            self._steps = 0
+            return
+        require("ale_py", SUITE)
+        from ale_py.env import AtariEnv
+
+        self.game = canonical_game_name(game)
         # frameskip=1: we repeat the action ourselves to see the last two frames (docstring).
         # ALE applies the sticky actions at every emulator frame, as in its v5 envs.
         self._env = AtariEnv(
@@ -306,7 +262,6 @@ class AtariGame(gym.Env):
         # Two screen buffers for the max over the last two frames of a step, reused every step.
         self._screens = np.zeros((2, height, width), dtype=np.uint8)
         self._resize = AreaResize((height, width), (int(screen_size), int(screen_size)))
-        self.observation_space = spaces.Box(0, 255, (1, int(screen_size), int(screen_size)), np.uint8)
         self.action_space = spaces.Discrete(len(self._actions))
         self._steps = 0
 
@@ -320,7 +275,9 @@ class AtariGame(gym.Env):
         return human_normalized_score(self.game, episode_return)
 
     def action_meanings(self) -> List[str]:
-        """The joystick input of each action index, e.g. ["NOOP", "FIRE", "UP", ...]."""
+        """The joystick input of each action index, e.g. ["NOOP", "FIRE", "UP", ...] (ale-py backend)."""
+        if self.backend != "ale":
+            raise NotImplementedError("AtariGame.action_meanings needs backend='ale'")
         return self._env.get_action_meanings()
 
     def _observe(self, captured: int) -> np.ndarray:
@@ -333,16 +290,26 @@ class AtariGame(gym.Env):
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
         super().reset(seed=seed)
-        # A seed re-seeds ALE (sticky actions, game randomness) and reloads the ROM.
-        self._env.reset(seed=seed)
         self._steps = 0
-        self._ale.getScreenGrayscale(self._screens[0])
-        return self._observe(1), {"lives": int(self._ale.lives())}
+        obs, lives = self._ale_reset(seed) if self.backend == "ale" else self._env.reset(seed)
+        return obs, {"lives": lives}
 
     def step(self, action: Any):
         a = int(action)
-        if not 0 <= a < len(self._actions):
+        if not 0 <= a < self.action_space.n:
             raise ValueError(f"AtariGame({self.game}): action {action!r} is not in {self.action_space}")
+        obs, reward, game_over, lives = self._ale_step(a) if self.backend == "ale" else self._env.step(a)
+        self._steps += 1
+        truncated = not game_over and self._steps >= self.max_episode_steps
+        return obs, reward, game_over, truncated, {"lives": lives}
+
+    def _ale_reset(self, seed: Optional[int]) -> Tuple[np.ndarray, int]:
+        # A seed re-seeds ALE (sticky actions, game randomness) and reloads the ROM.
+        self._env.reset(seed=seed)
+        self._ale.getScreenGrayscale(self._screens[0])
+        return self._observe(1), int(self._ale.lives())
+
+    def _ale_step(self, a: int) -> Tuple[np.ndarray, float, bool, int]:
         ale_action = self._actions[a]
         reward, captured, game_over = 0.0, 0, False
         for frame in range(self.frame_skip):
@@ -354,10 +321,8 @@ class AtariGame(gym.Env):
                 captured += 1
             if game_over:
                 break
-        self._steps += 1
         obs = self._observe(captured)  # captured >= 1: the last frame is always kept
-        truncated = not game_over and self._steps >= self.max_episode_steps
-        return obs, float(reward), game_over, truncated, {"lives": int(self._ale.lives())}
+        return obs, float(reward), game_over, int(self._ale.lives())
 
     def render(self) -> Optional[np.ndarray]:
         if self.render_mode == "rgb_array":
