@@ -34,6 +34,7 @@ from amago2.agent import Agent
 from amago2.checkpoint import remove_temp_files
 from amago2.collect import Collector, TrialStats
 from amago2.cpu_threads import default_train_threads, torch_threads
+from amago2.data.mixture import SourceMixture
 from amago2.data.replay import ReplayStore
 from amago2.data.torch_batches import Prefetcher
 from amago2.envs.pool_factory import make_pool
@@ -65,6 +66,9 @@ class Experiment(CheckpointedRun):
     (evaluation never explores).
     Offline: `offline=True` trains from `protected_dirs` only; `online_after_updates`
     (offline-to-online) starts collecting once that many updates were made.
+    Replay sampling: `replay_mixture` (a `SourceMixture`) gives the fifo and the protected
+    dirs shares of each batch on a schedule over updates; `replay_sampling="inverse_count"`
+    favours the transitions trained on least (DRAMA-style; see `amago2.data.ReplayStore`).
     `tune_malloc` raises glibc's malloc thresholds on CPU (see `amago2.malloc`).
     `act_threads`: torch CPU threads while acting (default: 1 with async envs on CPU, where
     env workers share the cores; see `amago2.collect.Collector`). `train_threads`: torch CPU
@@ -107,6 +111,8 @@ class Experiment(CheckpointedRun):
         protected_dirs: Sequence[str] = (),
         offline: bool = False,
         online_after_updates: Optional[int] = None,
+        replay_mixture: Optional[SourceMixture] = None,
+        replay_sampling: str = "uniform",
         eval_every_epochs: int = 10,
         eval_trials: int = 16,
         eval_sampled: bool = True,
@@ -175,6 +181,8 @@ class Experiment(CheckpointedRun):
             auto_refresh_s=None,
             protected_refresh_s=None,
             hold_evictions=True,
+            mixture=replay_mixture,
+            sampling=replay_sampling,
         )
         self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank,
                                    act_threads=act_threads)  # fmt: skip
@@ -211,13 +219,14 @@ class Experiment(CheckpointedRun):
 
     def batches(self, n_batches: int) -> Prefetcher:
         """The next `n_batches` batches of this rank's stream: batch k (counting micro-batches
-        over the whole run) is a function of the seed, k and the store, so a resumed run draws
-        the batches the first run drew."""
+        over the whole run) is a function of the seed, k and the store (with its checkpointed
+        sample counts), so a resumed run draws the batches the first run drew. Batch k is
+        drawn at update k // grad_accum_steps of the replay mixture's schedule."""
         first = self.updates * self.learner.accum_steps
         # On a GPU the threads pin each batch, so that its copy to the device is asynchronous.
         return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
-                          first_batch=first, n_batches=n_batches, device=self.device,
-                          pin_memory=self.device.type == "cuda")  # fmt: skip
+                          first_batch=first, n_batches=n_batches, batches_per_update=self.learner.accum_steps,
+                          device=self.device, pin_memory=self.device.type == "cuda")  # fmt: skip
 
     # ------------------------------------------------------------------- phases
     def update(self, batches) -> Dict[str, float]:

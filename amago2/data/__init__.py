@@ -2,7 +2,8 @@
 
 from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS
-from amago2.data.replay import ReplayStore, ReplayWarning
+from amago2.data.mixture import SourceMixture
+from amago2.data.replay import SAMPLING_MODES, ReplayStore, ReplayWarning
 from amago2.data.segments import SegmentWriter, split_segments, write_segments
 from amago2.data.torch_batches import Prefetcher, ReplayDataset, batch_rng, to_torch
 from amago2.data.trajectory_format import FORMAT_VERSION, CorruptTrajectoryError, check_trajectory
@@ -28,6 +29,8 @@ __all__ = [
     "ReplayDataset",
     "ReplayStore",
     "ReplayWarning",
+    "SAMPLING_MODES",
+    "SourceMixture",
     "batch_rng",
     "to_torch",
 ]

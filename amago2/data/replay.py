@@ -18,12 +18,16 @@ another process) is dropped silently. Training never crashes on either.
 
 `sample(batch_size, seq_len, rng)` draws windows of seq_len + 1 tokens uniformly over all
 stored transitions; the store's `WindowSampler` (sampler.py) chooses the windows and reads
-them through its cache. `torch_batches.py` turns samples into torch batches off the
-training thread.
+them through its cache. Two options change how much each file is drawn: a `SourceMixture`
+(mixture.py) gives each source (the fifo, protected dirs) a share of the windows on a
+schedule over updates, and `sampling="inverse_count"` (sample_counts.py) favours the files
+sampled least so far. `torch_batches.py` turns samples into torch batches off the training
+thread.
 
-This module is longer than the others (about 550 lines) because it is one class: the index,
-its refresh, eviction, writes into the fifo, the checkpointed fifo order and the copies for
-workers all read and change the same index under the same lock.
+This module is longer than the others (about 680 lines) because it is one class: the index,
+its refresh, eviction, writes into the fifo, the checkpointed fifo order and sample counts,
+the files' shares of the draws and the copies for workers all read and change the same
+index under the same lock.
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ import numpy as np
 
 from amago2.data.fifo_rewind import delete_held, hold, rewind
 from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
-from amago2.data.sampler import Batch, Snapshot, WindowSampler
+from amago2.data.mixture import FIFO_ROOT, SourceMixture
+from amago2.data.sample_counts import SampleCounts
+from amago2.data.sampler import Batch, Draws, Snapshot, WindowSampler
 from amago2.data.segments import SegmentWriter, write_segments
 from amago2.data.trajectory_format import CorruptTrajectoryError, is_trajectory_filename, parse_trajectory_filename
 
 PathLike = Union[str, Path]
 
 _STATE_VERSION = 1
+SAMPLING_MODES = ("uniform", "inverse_count")
 
 
 class ReplayWarning(UserWarning):
@@ -57,12 +64,13 @@ class ReplayWarning(UserWarning):
 class _Entry:
     """One indexed file."""
 
-    __slots__ = ("path", "length", "protected")
+    __slots__ = ("path", "length", "protected", "root")
 
-    def __init__(self, path: str, length: int, protected: bool):
+    def __init__(self, path: str, length: int, protected: bool, root: int = FIFO_ROOT):
         self.path = path
         self.length = length  # transitions T
         self.protected = protected
+        self.root = root  # its directory: FIFO_ROOT, or i for protected_dirs[i]
 
 
 def _walk(root: Path, recursive: bool) -> Tuple[List[str], List[str]]:
@@ -121,6 +129,14 @@ class ReplayStore:
     hold_evictions: evicted files wait in `<dir>/evicted/` until `commit_evictions()`, and
         `load_state_dict` puts the fifo back as the state saw it (see fifo_rewind.py): what
         an exact resume from a checkpoint needs.
+    mixture: a `SourceMixture`: the share of the windows each source (the fifo, protected
+        dirs) gives, as a schedule over the `updates` passed to `sample` (None: uniform
+        over all transitions).
+    sampling: "uniform", or "inverse_count": each transition weighted by
+        (1 + times its file's transitions were sampled, on average) ** -count_exponent, with
+        the counts kept in `state_dict` (DRAMA-style; see sample_counts.py). With a
+        mixture, the counts weigh files within each source.
+    count_exponent: the exponent of "inverse_count" (0 is uniform).
     """
 
     def __init__(
@@ -138,11 +154,20 @@ class ReplayStore:
         readonly: bool = False,
         stale_temp_s: float = 3600.0,
         hold_evictions: bool = False,
+        mixture: Optional[SourceMixture] = None,
+        sampling: str = "uniform",
+        count_exponent: float = 1.0,
     ):
         if capacity_timesteps < 0:
             raise ValueError(f"capacity_timesteps must be >= 0 (0: no fifo), got {capacity_timesteps}")
         # Made first: it refuses a bad read_mode before any directory is looked at, as before.
         self._sampler = WindowSampler(read_mode, cache_bytes)
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"ReplayStore sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+        if mixture is not None and not isinstance(mixture, SourceMixture):
+            raise TypeError(f"ReplayStore mixture must be a SourceMixture (or None), got {type(mixture).__name__}")
+        self.sampling = sampling
+        self._counts: Optional[SampleCounts] = SampleCounts(count_exponent) if sampling == "inverse_count" else None
         if capacity_timesteps > 0 and dir is None:
             raise ValueError("capacity_timesteps > 0 needs `dir` for the fifo directory (<dir>/fifo)")
         self.root = None if dir is None else Path(dir)
@@ -161,6 +186,9 @@ class ReplayStore:
                     raise ValueError(f"protected dir {p} and the fifo dir {self.fifo_dir} overlap; keep them apart")
         if self.fifo_dir is None and not self.protected_dirs:
             raise ValueError("a ReplayStore needs a fifo (dir and capacity_timesteps > 0) or protected_dirs")
+        self.mixture = mixture
+        # Directory id -> index of its source in mixture.names (checked here: a bad name fails at once).
+        self._dir_source = None if mixture is None else mixture.assign(self.fifo_dir is not None, self.protected_dirs)
         self.auto_refresh_s = auto_refresh_s
         self.protected_refresh_s = protected_refresh_s
         self._last_protected_scan = float("-inf")
@@ -183,7 +211,7 @@ class ReplayStore:
         if self.fifo_dir is not None and not readonly:
             self.fifo_dir.mkdir(parents=True, exist_ok=True)
         if not readonly:
-            for root, recursive in self._roots():
+            for root, recursive, _ in self._roots():
                 for d in _walk(root, recursive)[1]:
                     cleanup_temp_files(d, stale_after_s=stale_temp_s)
         self.refresh(protected=True)
@@ -191,10 +219,13 @@ class ReplayStore:
     def _init_runtime_state(self) -> None:
         self._snapshot: Optional[Tuple[List[_Entry], np.ndarray, np.ndarray]] = None
         self._last_refresh = float("-inf")
+        self._sources: Optional[Tuple[Any, np.ndarray]] = None  # (the snapshot it is of, [F] source index)
+        self._warned_empty: set = set()  # sources found empty (warned once)
 
-    def _roots(self) -> List[Tuple[Path, bool]]:
-        roots = [(self.fifo_dir, False)] if self.fifo_dir is not None else []
-        return roots + [(p, True) for p in self.protected_dirs]
+    def _roots(self) -> List[Tuple[Path, bool, int]]:
+        """(directory, is protected, directory id) of every directory the store reads."""
+        roots = [(self.fifo_dir, False, FIFO_ROOT)] if self.fifo_dir is not None else []
+        return roots + [(p, True, i) for i, p in enumerate(self.protected_dirs)]
 
     # ------------------------------------------------------------------------- index
 
@@ -263,7 +294,7 @@ class ReplayStore:
             if protected:
                 self._last_protected_scan = now
             added = 0
-            for root, is_protected in self._roots():
+            for root, is_protected, dir_id in self._roots():
                 if is_protected and not protected:
                     continue
                 listed, _ = _walk(root, recursive=is_protected)
@@ -279,7 +310,7 @@ class ReplayStore:
                 for path in new:
                     length = self._length_of(path)
                     if length is not None:
-                        self._insert(_Entry(path, length, is_protected))
+                        self._insert(_Entry(path, length, is_protected, dir_id))
                         added += 1
             self._last_refresh = now
             if not self.readonly:
@@ -320,6 +351,8 @@ class ReplayStore:
             self._fifo_steps -= entry.length
         self._snapshot = None
         self._sampler.forget(entry.path)
+        if self._counts is not None:
+            self._counts.forget(entry.path)
 
     def _drop(self, entry: _Entry, err: Optional[CorruptTrajectoryError]) -> None:
         """Remove an entry found missing (err None) or unusable at read time."""
@@ -445,7 +478,7 @@ class ReplayStore:
         """
         return self._sampler.preload(self._index_snapshot()[0], self._drop)
 
-    def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> Batch:
+    def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator, *, updates: int = 0) -> Batch:
         """Draw batch_size windows of seq_len + 1 tokens.
 
         Returns BATCH_KEYS -> np.ndarray [B, L+1, ...] (L = seq_len; obs may be a dict of
@@ -457,12 +490,49 @@ class ReplayStore:
         always seen whole from its first token (a memory task's cue is never cut off), and a
         longer one always fills the window. Unreadable files are skipped (with one warning
         each) and redrawn.
+
+        With a `mixture`, each window first picks a source with the mixture's weights after
+        `updates` updates, then a trajectory of that source as above. With
+        `sampling="inverse_count"` a trajectory's T is weighted by (1 + n) ** -count_exponent
+        (n: how often its transitions were sampled), and this batch's windows are counted.
         """
+        batch, draws = self.draw(batch_size, seq_len, rng, updates=updates)
+        self.record_draws(draws)
+        return batch
+
+    def draw(self, batch_size: int, seq_len: int, rng: np.random.Generator, *, updates: int = 0) -> Tuple[Batch, Draws]:
+        """`sample`, without counting its windows: returns the batch and its draws, for
+        `record_draws` once the batch is used (the Prefetcher counts the batches it hands out)."""
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         if self.auto_refresh_s is not None and time.monotonic() - self._last_refresh >= self.auto_refresh_s:
             self.refresh()
-        return self._sampler.sample(batch_size, seq_len, rng, self._nonempty_snapshot, self._drop)
+        return self._sampler.sample(batch_size, seq_len, rng, lambda: self._draw_snapshot(updates), self._drop)
+
+    def record_draws(self, draws: Draws, undo: bool = False) -> None:
+        """Count a batch's windows for `sampling="inverse_count"` (undo: take back a batch drawn
+        but never used). Does nothing with uniform sampling."""
+        if self._counts is None:
+            return
+        with self._lock:
+            if not undo:  # a file dropped since the draw keeps no count
+                draws = [d for d in draws if d[0] in self._fifo or d[0] in self._protected]
+            self._counts.add(draws, undo=undo)
+
+    @property
+    def draws_depend_on_earlier(self) -> bool:
+        """Whether a batch's draws depend on the batches counted before it ("inverse_count"):
+        then a reproducible stream must draw and count its batches in order."""
+        return self._counts is not None
+
+    def times_sampled(self) -> Dict[Path, float]:
+        """For `sampling="inverse_count"`: each indexed file with a count -> how many times, on
+        average, its transitions have been in a counted window."""
+        if self._counts is None:
+            return {}
+        with self._lock:
+            lengths = {p: e.length for p, e in list(self._fifo.items()) + list(self._protected.items())}
+            return {Path(p): c / lengths[p] for p, c in self._counts.state().items() if p in lengths}
 
     def _nonempty_snapshot(self) -> Snapshot:
         snapshot = self._index_snapshot()
@@ -473,13 +543,49 @@ class ReplayStore:
             )
         return snapshot
 
+    def _draw_snapshot(self, updates: int) -> Snapshot:
+        """The snapshot to draw from: cumulative lengths by default (uniform over transitions,
+        exactly as before mixtures and counts existed), else cumulative probabilities."""
+        snapshot = self._nonempty_snapshot()
+        if self.mixture is None and self._counts is None:
+            return snapshot
+        entries, lengths, _ = snapshot
+        mass = lengths.astype(np.float64)  # [F] each file's share before the mixture: T_f x its count factor
+        if self._counts is not None:
+            with self._lock:
+                mass *= self._counts.factors(entries, lengths)
+        if self.mixture is not None:
+            mass = self._mixture_shares(snapshot, mass, updates)
+        return entries, lengths, np.cumsum(mass)
+
+    def _mixture_shares(self, snapshot: Snapshot, mass: np.ndarray, updates: int) -> np.ndarray:
+        """[F] probabilities: source s's weight shared among its files in proportion to mass."""
+        with self._lock:
+            if self._sources is None or self._sources[0] is not snapshot:
+                source_of = np.fromiter((self._dir_source[e.root] for e in snapshot[0]), np.int64, len(snapshot[0]))
+                self._sources = (snapshot, source_of)
+            source_of = self._sources[1]
+        probs, skipped = self.mixture.file_probabilities(mass, source_of, updates)
+        with self._lock:
+            new = [name for name in skipped if name not in self._warned_empty]
+            self._warned_empty.update(new)
+        for name in new:
+            warnings.warn(
+                f"ReplayStore: the mixture's source {name!r} holds no data (at update {updates}); "
+                "its weight is shared out among the sources that do",
+                ReplayWarning,
+                stacklevel=5,
+            )
+        return probs
+
     # ------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> Dict[str, Any]:
-        """What resuming needs besides the files on disk: the fifo's eviction order and the counters."""
+        """What resuming needs besides the files on disk: the fifo's eviction order and the
+        counters; with `sampling="inverse_count"` also the sample counts."""
         with self._lock:
             fifo = [os.path.relpath(p, self.fifo_dir) for p in self._fifo] if self.fifo_dir is not None else []
-            return dict(
+            state = dict(
                 version=_STATE_VERSION,
                 fifo=fifo,
                 newest_ns=self._newest_ns,  # files created later were collected after this state
@@ -488,10 +594,19 @@ class ReplayStore:
                 evicted_files=self.evicted_files,
                 evicted_timesteps=self.evicted_timesteps,
             )
+            if self._counts is not None:
+                counts = self._counts.state()
+                state["sample_counts"] = dict(
+                    # fifo files by name (as in `fifo`), protected ones by path: transitions covered
+                    fifo={os.path.relpath(p, self.fifo_dir): c for p, c in counts.items() if p in self._fifo},
+                    protected={p: c for p, c in counts.items() if p in self._protected},
+                )
+            return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the fifo order (files still on disk keep their saved order; newer ones follow) and
-        counters. With `hold_evictions`, first put the fifo's files back as the state saw them."""
+        """Restore the fifo order (files still on disk keep their saved order; newer ones follow),
+        counters and sample counts (of the files still indexed; none in a state saved without
+        them). With `hold_evictions`, first put the fifo's files back as the state saw them."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"ReplayStore state version {state.get('version')} is not {_STATE_VERSION}; "
@@ -520,9 +635,17 @@ class ReplayStore:
                 self._newest_ns = saved_newest
             elif saved_newest is not None:
                 self._newest_ns = max(self._newest_ns, int(saved_newest))
+            if self._counts is not None:
+                self._load_counts(state.get("sample_counts") or {})
             self._snapshot = None
             if not self.readonly:
                 self._evict()
+
+    def _load_counts(self, saved: Mapping[str, Mapping[str, int]]) -> None:
+        covered = dict(saved.get("protected", {}))
+        if self.fifo_dir is not None:
+            covered.update({str(self.fifo_dir / name): c for name, c in saved.get("fifo", {}).items()})
+        self._counts.load({p: c for p, c in covered.items() if p in self._fifo or p in self._protected})
 
     # ------------------------------------------------------------------------- copies for workers
 
@@ -532,11 +655,12 @@ class ReplayStore:
             return self._copy_state()
 
     def _copy_state(self) -> Dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_snapshot")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_snapshot", "_sources", "_warned_empty")}
         state["_sampler"] = self._sampler.empty_copy()
         state["_fifo"] = OrderedDict(self._fifo)
         state["_protected"] = dict(self._protected)
         state["_bad"] = set(self._bad)
+        state["_counts"] = None if self._counts is None else self._counts.copy()
         state["readonly"] = True
         return state
 

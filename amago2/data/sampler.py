@@ -2,8 +2,10 @@
 
 A batch's windows are drawn uniformly over all stored transitions: a window's first token is
 uniform over every transition of every file, so a file is picked with probability
-proportional to its length. Windows that run past a trajectory's end are zero-padded with
-mask False (see layout.py for the batch layout).
+proportional to its length. The store can give each file another share of the draws
+instead (a mixture of sources, or weights from how often files were sampled); the window's
+start within its file is drawn the same way either way. Windows that run past a
+trajectory's end are zero-padded with mask False (see layout.py for the batch layout).
 
 Reading is fast without loading whole files: an uncompressed file's header (where each array
 lies) is parsed once and cached, and each window is read with one `pread` per array straight
@@ -45,7 +47,11 @@ class IndexedFile(Protocol):
 
 
 Snapshot = Tuple[Sequence[IndexedFile], np.ndarray, np.ndarray]
-"""The index to draw from: entries, their lengths (int64) and the cumulative lengths."""
+"""The index to draw from: entries, their lengths (int64) and where each entry's share of the
+draws ends: the cumulative lengths (int64: uniform over transitions), or cumulative
+probabilities (float64: a file drawn with the probability its bin spans)."""
+Draws = List[Tuple[str, int]]
+"""What a batch drew: for each window, its file's path and the transitions it covers."""
 DropFile = Callable[[IndexedFile, Optional[CorruptTrajectoryError]], None]
 """Removes an entry from the index: found missing (None) or unusable (the error)."""
 
@@ -239,19 +245,20 @@ class WindowSampler:
         rng: np.random.Generator,
         index: Callable[[], Snapshot],
         drop: DropFile,
-    ) -> Batch:
-        """Draw batch_size windows of seq_len + 1 tokens (`ReplayStore.sample` says which).
+    ) -> Tuple[Batch, Draws]:
+        """Draw batch_size windows of seq_len + 1 tokens (`ReplayStore.sample` says which);
+        returns the batch and its draws.
 
         index: the current snapshot of the index (called again after files were dropped; it
             raises when nothing is left to sample).
         """
         n_tokens = seq_len + 1
         out: Optional[Dict[str, np.ndarray]] = None
+        drawn: Draws = []
         pending = np.arange(batch_size)
         while len(pending):
             entries, lengths, cum = index()
-            g = rng.integers(0, cum[-1], size=len(pending))  # a global transition index
-            file_idx = np.searchsorted(cum, g, side="right")
+            file_idx = self._draw_files(cum, len(pending), rng)
             last_start = np.maximum(lengths[file_idx] - seq_len, 0)
             starts = rng.integers(0, last_start + 1)
             order = np.argsort(file_idx, kind="stable")
@@ -273,6 +280,7 @@ class WindowSampler:
                     out = self._allocate(batch_size, n_tokens)
                 try:
                     self._fill(src, fd, slots, out, n_tokens)
+                    drawn += [(entry.path, min(seq_len, src.length - start)) for _, start in slots]
                 except CorruptTrajectoryError as err:
                     drop(entry, err)
                     failed += [b for b, _ in slots]  # redrawn: their rows are written again from scratch
@@ -280,7 +288,18 @@ class WindowSampler:
                     if fd is not None:
                         os.close(fd)
             pending = np.asarray(failed, dtype=np.int64)
-        return self._unflatten_batch(out)
+        return self._unflatten_batch(out), drawn
+
+    @staticmethod
+    def _draw_files(cum: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """[n] indices of the files n windows come from, each file with its share of `cum`."""
+        if cum.dtype.kind != "f":  # cumulative lengths: a global transition index, uniform
+            return np.searchsorted(cum, rng.integers(0, cum[-1], size=n), side="right")
+        file_idx = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+        over = file_idx >= len(cum)  # u * total rounded up to total: the last file that has a share
+        if over.any():
+            file_idx[over] = np.searchsorted(cum, cum[-1], side="left")
+        return file_idx
 
     def _allocate(self, batch_size: int, n_tokens: int) -> Dict[str, np.ndarray]:
         with self._spec_lock:

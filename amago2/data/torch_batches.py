@@ -42,7 +42,9 @@ class ReplayDataset(torch.utils.data.IterableDataset):
     store.auto_refresh_s) with its own random stream: SeedSequence([seed, torch's worker
     seed]), so workers never repeat each other's draws, and runs are reproducible under
     torch.manual_seed when `seed` is given. num_batches (per iterator, split across workers)
-    makes it finite.
+    makes it finite. Batches are drawn at update 0 of a store's mixture schedule, and with
+    `sampling="inverse_count"` each worker counts its own draws in its own copy (those
+    counts are not merged back into the store, nor checkpointed).
     """
 
     def __init__(
@@ -100,6 +102,12 @@ class Prefetcher:
     so a store refreshed after the last batch cannot leak into it. Without a seed the threads
     draw from fresh random streams and batches come as they are ready.
 
+    Batch k is drawn at update k // `batches_per_update` (what a store's mixture schedule
+    reads). When the store's draws depend on the batches before them
+    (`sampling="inverse_count"`), the threads draw one batch at a time in batch order, and a
+    batch is counted as it is drawn; `close` takes back the batches drawn but never handed
+    out, so the store's counts are those of the batches used, as with `store.sample` in a loop.
+
         with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
             for step, batch in zip(range(n_steps), batches): ...
     """
@@ -117,15 +125,21 @@ class Prefetcher:
         num_threads: int = 1,
         device: Union[str, torch.device, None] = None,
         pin_memory: bool = False,
+        batches_per_update: int = 1,
     ):
-        if depth < 1 or num_threads < 1:
-            raise ValueError(f"depth and num_threads must be >= 1, got {depth} and {num_threads}")
+        if depth < 1 or num_threads < 1 or batches_per_update < 1:
+            raise ValueError(
+                f"depth, num_threads and batches_per_update must be >= 1, got {depth}, {num_threads} and {batches_per_update}"
+            )
         self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
         self.device, self.pin_memory = device, pin_memory
         self.seed = seed
+        self.batches_per_update = batches_per_update
+        self._in_order = store.draws_depend_on_earlier
+        self._uncounted: Dict[int, Any] = {}  # batch number -> its draws, counted but not handed out yet
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._claim_lock = threading.Lock()
+        self._claim_lock = threading.RLock()
         self._next_claim = first_batch  # the next batch number a thread will sample
         self._next_out = first_batch  # the next batch number handed out
         self._end = None if n_batches is None else first_batch + n_batches
@@ -141,21 +155,35 @@ class Prefetcher:
             t.start()
 
     def _claim(self) -> Optional[int]:
-        with self._claim_lock:
+        with self._claim_lock:  # re-entrant: the in-order threads hold it while they draw
             k = self._next_claim
             if self._end is not None and k >= self._end:
                 return None
             self._next_claim += 1
             return k
 
+    def _draw(self, k: int, rng: np.random.Generator) -> Dict[str, Any]:
+        batch, draws = self.store.draw(self.batch_size, self.seq_len, rng, updates=k // self.batches_per_update)
+        if self._in_order:
+            self.store.record_draws(draws)
+            self._uncounted[k] = draws
+        return batch
+
     def _work(self, rng: np.random.Generator) -> None:
         try:
             while not self._stop.is_set():
-                k = self._claim()
-                if k is None:
-                    return
-                draw = rng if self.seed is None else batch_rng(self.seed, k)
-                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, draw))
+                if self._in_order:
+                    with self._claim_lock:  # claimed and drawn under one lock: drawn in batch order
+                        k = self._claim()
+                        if k is None:
+                            return
+                        batch = self._draw(k, rng if self.seed is None else batch_rng(self.seed, k))
+                else:
+                    k = self._claim()
+                    if k is None:
+                        return
+                    batch = self._draw(k, rng if self.seed is None else batch_rng(self.seed, k))
+                batch = to_torch(batch)
                 if self.pin_memory:
                     batch = _pin(batch)
                 if not self._put((k, batch)):
@@ -189,7 +217,11 @@ class Prefetcher:
             if self.seed is None or k == self._next_out:
                 break
             self._ready[k] = item
+        handed = self._next_out if self.seed is not None else k
         self._next_out += 1
+        if self._in_order:
+            with self._claim_lock:
+                self._uncounted.pop(handed, None)
         if self.device is None:
             return item
         return to_torch(item, self.device, non_blocking=self.pin_memory)
@@ -205,6 +237,10 @@ class Prefetcher:
         self._ready.clear()
         for t in self._threads:
             t.join(timeout=5.0)
+        with self._claim_lock:  # drawn but never handed out: not trained on, so not counted
+            for draws in self._uncounted.values():
+                self.store.record_draws(draws, undo=True)
+            self._uncounted.clear()
 
     def __enter__(self) -> "Prefetcher":
         return self
