@@ -49,6 +49,7 @@ from common import cpu_model, markdown_table, tune_glibc_malloc, write_docs_sect
 ROWS = [
     dict(name="transformer", kind="transformer", options=dict(n_heads=4)),
     dict(name="mamba", kind="mamba", options=dict(variant="mamba1")),
+    dict(name="mamba-ckpt", kind="mamba", options=dict(variant="mamba1", checkpoint_layers=True)),
     dict(name="mamba2", kind="mamba", options=dict(variant="mamba2")),
     dict(name="retention", kind="retention", options=dict(n_heads=4, mode="chunkwise")),
     dict(name="retention-parallel", kind="retention", options=dict(n_heads=4, mode="parallel")),
@@ -241,7 +242,9 @@ def training_in_subprocess(spec: dict, timeout_s: float = 900) -> dict:
 def run_benchmark(args) -> dict:
     from tqdm import tqdm
 
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.lengths:
+        cfg["lengths"] = tuple(args.lengths)
     rows = [r for r in ROWS if r["name"] in args.kinds or r["kind"] in args.kinds]
     max_seq_len = max(max(cfg["lengths"]), max(cfg["contexts"]) + cfg["steps"] + 3)  # 3 warm-up steps
     use_workers = args.device == "cpu" and not args.quick
@@ -494,6 +497,7 @@ def parse_args():
         "--kinds", nargs="+", default=[r["name"] for r in ROWS],
         help=f"rows ({', '.join(r['name'] for r in ROWS)}) or kinds ({', '.join(TRAJ_ENCODER_KINDS)})",
     )  # fmt: skip
+    parser.add_argument("--lengths", nargs="+", type=int, help="training lengths L to measure (default: the full run's)")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md and docs/img/")
     parser.add_argument(
         "--stock-malloc", action="store_true",
@@ -506,8 +510,8 @@ def parse_args():
         parser.error(f"unknown --kinds {sorted(unknown)}; choose from {sorted(known)}")
     if args.dtype == "bfloat16" and not args.device.startswith("cuda"):
         parser.error("--dtype bfloat16 is only supported with --device cuda (autocast)")
-    if args.write_docs and args.quick:
-        parser.error("--write-docs records the full benchmark; drop --quick")
+    if args.write_docs and (args.quick or args.lengths):
+        parser.error("--write-docs records the full benchmark; drop --quick and --lengths")
     args.tune_malloc = args.device == "cpu" and not args.stock_malloc  # see tune_glibc_malloc
     return args
 
