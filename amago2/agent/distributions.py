@@ -192,11 +192,16 @@ class FactorisedPolicy:
     def _layout(self, device: torch.device):
         """(flat index [sum(nvec)], real entries bool [k, width]) on `device`."""
         if device not in self._cache:
-            index = torch.tensor(self._flat, device=device)
-            real = torch.zeros(len(self.nvec) * self.width, dtype=torch.bool, device=device)
-            real[index] = True
-            self._cache[device] = (index, real.view(len(self.nvec), self.width))
+            # Normal tensors even when first built in `Agent.act`'s inference mode: training reuses them.
+            with torch.inference_mode(False):
+                self._cache[device] = self._build_layout(device)
         return self._cache[device]
+
+    def _build_layout(self, device: torch.device):
+        index = torch.tensor(self._flat, device=device)
+        real = torch.zeros(len(self.nvec) * self.width, dtype=torch.bool, device=device)
+        real[index] = True
+        return index, real.view(len(self.nvec), self.width)
 
     def __call__(self, params: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "FactorisedCategorical":
         """`mask` (bool [..., sum(nvec)], broadcastable to params): allowed values per component."""
