@@ -340,7 +340,7 @@ def test_tasks_references():
 # ----------------------------------------------------------------- learning (slow)
 
 
-def learn(env_id: str, run_dir, epochs: int) -> float:
+def learn(env_id: str, run_dir, epochs: int, updates_per_epoch: int = 20, gamma: float = 0.9) -> float:
     import gin
 
     from amago2.experiment import Experiment
@@ -348,9 +348,9 @@ def learn(env_id: str, run_dir, epochs: int) -> float:
     gin.clear_config()
     try:
         gin.parse_config(['Agent.traj_encoder = "ff"', "Agent.d_model = 32", "Agent.n_layers = 1", "Agent.d_tstep = 32",
-                          "Agent.d_hidden = 64", "Agent.gammas = (0.9,)", "Agent.main_gamma = 0.9"])  # fmt: skip
+                          "Agent.d_hidden = 64", f"Agent.gammas = ({gamma},)", f"Agent.main_gamma = {gamma}"])  # fmt: skip
         exp = Experiment(run_dir=run_dir, train_env=env_id, n_envs=4, max_seq_len=16, batch_size=16, epochs=epochs,
-                         env_steps_per_epoch=11, updates_per_epoch=20, lr=1e-3, warmup_updates=10, eval_every_epochs=0,
+                         env_steps_per_epoch=11, updates_per_epoch=updates_per_epoch, lr=1e-3, warmup_updates=10, eval_every_epochs=0,
                          eval_sampled=False, eval_trials=16, checkpoint_every_epochs=0, progress=False, use_wandb=False,
                          seed=1, train_threads=1)  # fmt: skip
         return float(exp.run()["return/all"])
@@ -362,7 +362,8 @@ def learn(env_id: str, run_dir, epochs: int) -> float:
 def test_masked_task_learns(tmp_path):
     """Greedy eval over 16 episodes of MaskedChoice (10 steps): the best allowed action earns
     6.875 in expectation, a uniformly random allowed one 3.07, always playing the best
-    action while ignoring the mask 0."""
+    action while ignoring the mask 0. Measured: 6.34 (80 updates, about 4 min on a loaded
+    2-core CPU)."""
     assert learn("amago2/MaskedChoice-v0", tmp_path, epochs=4) > 5.5
 
 
