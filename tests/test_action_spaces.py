@@ -362,7 +362,7 @@ def learn(env_id: str, run_dir, epochs: int, updates_per_epoch: int = 20, gamma:
 def test_masked_task_learns(tmp_path):
     """Greedy eval over 16 episodes of MaskedChoice (10 steps): the best allowed action earns
     6.875 in expectation, a uniformly random allowed one 3.07, always playing the best
-    action while ignoring the mask 0. Measured: 6.34 (80 updates, about 4 min on a loaded
+    action while ignoring the mask 0. Measured: 6.34 (80 updates, 3 to 4 min on a loaded
     2-core CPU)."""
     assert learn("amago2/MaskedChoice-v0", tmp_path, epochs=4) > 5.5
 
@@ -371,6 +371,6 @@ def test_masked_task_learns(tmp_path):
 def test_factorised_multidiscrete_task_learns(tmp_path):
     """Greedy eval of ComponentMatch (MultiDiscrete([4] * 6), factorised; 10 steps): optimal
     10, uniform random 2.5 (the mean of 16 random episodes has a standard deviation of 0.14,
-    so 3.0 is 3.5 of them above it). Measured: 3.38 (400 updates, about 10 min on a loaded
+    so 3.0 is 3.5 of them above it). Measured: 3.38 (400 updates, 3 to 10 min on a loaded
     2-core CPU)."""
     assert learn("amago2/ComponentMatch-v0", tmp_path, epochs=8, updates_per_epoch=50) > 3.0
