@@ -16,11 +16,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from amago2.envs.action_masks import observation_mask, random_actions
 from amago2.evaluation import make_eval_pool, run_trials
 
 
 class UniformRandomPolicy:
-    """Acts uniformly at random in the agent's action space (Discrete(n) or Box(-1, 1, (d,))),
+    """Acts uniformly at random in the agent's action space (Discrete(n), MultiDiscrete or
+    Box(-1, 1, (d,))), among the allowed actions where the observation has an action mask,
     with the `init_state` / `act` interface the collector drives."""
 
     training = False
@@ -35,10 +37,10 @@ class UniformRandomPolicy:
     def act(self, tokens: Dict[str, Any], state: Dict, reset: Optional[torch.Tensor] = None, sample: bool = True,
             donate_state: bool = False):  # fmt: skip
         n = len(tokens["prev_reward"])
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            actions = self.rng.integers(0, self.action_space.n, size=n)
-        else:
-            actions = self.rng.uniform(-1.0, 1.0, size=(n,) + self.action_space.shape).astype(np.float32)
+        mask = observation_mask(tokens["obs"])
+        actions = random_actions(self.action_space, n, self.rng, None if mask is None else np.asarray(mask))
+        if isinstance(self.action_space, gym.spaces.Box):
+            actions = actions.astype(np.float32)
         return torch.as_tensor(actions), state
 
     def train(self, mode: bool = True) -> "UniformRandomPolicy":

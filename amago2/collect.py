@@ -19,6 +19,7 @@ from amago2.cpu_threads import torch_threads
 from amago2.data.replay import ReplayStore
 from amago2.data.segments import SegmentWriter
 from amago2.data.torch_batches import to_torch
+from amago2.envs.action_masks import observation_mask, random_actions
 from amago2.seeding import generator_state, restore_generator
 
 
@@ -135,18 +136,16 @@ class Collector:
                 self.writers[i].append(_step_row(self.tokens, i))
 
     def _explore(self, actions: np.ndarray, epsilon: float) -> np.ndarray:
-        """With probability epsilon per env, replace the agent's action by a uniformly random one."""
+        """With probability epsilon per env, replace the agent's action by a uniformly random
+        one (among the allowed actions where the observation has an action mask)."""
         if epsilon <= 0:
             return actions
         swap = self.rng.random(len(actions)) < epsilon
         if not swap.any():
             return actions
         actions = actions.copy()
-        space = self.pool.action_space
-        if actions.ndim == 1:  # discrete indices
-            actions[swap] = self.rng.integers(0, space.n, size=int(swap.sum()))
-        else:  # continuous, in [-1, 1]
-            actions[swap] = self.rng.uniform(-1, 1, size=(int(swap.sum()), actions.shape[1]))
+        mask = observation_mask(self.tokens["obs"])
+        actions[swap] = random_actions(self.pool.action_space, int(swap.sum()), self.rng, None if mask is None else mask[swap])
         return actions
 
     def collect(

@@ -477,11 +477,12 @@ def test_unknown_kind_option_and_action_space():
     assert all(k in msg for k in TSTEP_ENCODER_KINDS) and "auto" in msg
     msg = error_of(VECTOR, "mlp", nonsense=1)
     assert "nonsense" in msg and "normalize=True" in msg and "include_prev_action=True" in msg
-    md = gym.spaces.MultiDiscrete([3, 3])
+    md = gym.spaces.MultiDiscrete([[3, 3], [2, 2]])  # AgentEnv gives the agent a flat nvec
     msg = error_of(VECTOR, action_space=md)
     assert str(md) in msg and "flatten" in msg.lower()
     with pytest.raises(ValueError, match="MultiDiscrete"):
         action_dim(md)
+    assert action_dim(gym.spaces.MultiDiscrete([3, 4])) == 7  # the components' one-hots
 
 
 def test_kind_options_and_custom_class():

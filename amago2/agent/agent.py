@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amago2.agent.distributions import CONTINUOUS_POLICIES, DiscretePolicy
+from amago2.agent.distributions import CONTINUOUS_POLICIES, DiscretePolicy, FactorisedPolicy
 from amago2.agent.heads import Actor, Critic
+from amago2.agent.spaces import ObservationSplit, action_path
 from amago2.agent.twohot import ValueBins
 from amago2.agent.values import value_estimates
 from amago2.data.layout import TOKEN_KEYS
@@ -46,7 +47,9 @@ class Agent(nn.Module):
 
     Args:
         obs_space, action_space: the spaces the agent sees (after `amago2.envs.AgentEnv`):
-            actions are Discrete(n) or Box in [-1, 1]^d.
+            actions are Discrete(n), a flat MultiDiscrete (factorised) or Box in [-1, 1]^d
+            (`amago2.agent.spaces`). A dict observation's `action_mask` entry restricts the
+            actor to the allowed actions, in acting and in the advantage's expectation.
         traj_encoder: a kind for `build_traj_encoder` ("transformer", "mamba", "retention",
             "gru", "ff") or a TrajEncoder subclass; its options are bound with gin.
         tstep_encoder, tstep_options: the timestep encoder's kind and options for
@@ -60,7 +63,9 @@ class Agent(nn.Module):
             "leaky" (1 if A > 0 else leaky_weight) or "none" (plain behaviour cloning).
         online_coeff: weight of the term -Q(s, a~pi) (continuous; reparameterised) or
             -E_pi Q(s, .) (discrete); 0 keeps the actor scale-invariant.
-        n_action_samples: samples of a' ~ pi used for E Q(s, a') with continuous actions.
+        n_action_samples: samples of a' ~ pi used for E Q(s, a') with continuous and
+            factorised actions.
+        mask_as_input: the timestep encoder also reads the `action_mask` entry (default: not).
         value_bins: the classification critic's bins (default: `ValueBins()` with its gin bindings).
         target_encoder: also keep target copies of the timestep and trajectory encoders for
             the next-state features of TD targets; False reads them from the online encoder
@@ -99,6 +104,7 @@ class Agent(nn.Module):
         tau: float = 0.003,
         target_encoder: bool = True,
         value_bins: Optional[ValueBins] = None,
+        mask_as_input: bool = False,
     ):
         super().__init__()
         if critic_type not in ("classification", "regression"):
@@ -112,17 +118,10 @@ class Agent(nn.Module):
         gammas = sorted(set(float(g) for g in gammas) | {float(main_gamma)})
         if not all(0 <= g < 1 for g in gammas):
             raise ValueError(f"every gamma must be in [0, 1), got {gammas}")
-        self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        if not self.discrete and not (
-            isinstance(action_space, gym.spaces.Box)
-            and len(action_space.shape) == 1
-            and (action_space.low == -1).all()
-            and (action_space.high == 1).all()
-        ):
-            raise ValueError(
-                f"Agent supports Discrete or Box(-1, 1, (d,)) actions, got {action_space}; "
-                "wrap the env in amago2.envs.AgentEnv, which flattens and rescales action spaces"
-            )
+        path = action_path(action_space)
+        # A factorised critic takes the action as input, as a continuous one does.
+        self.discrete, self.factorised = path == "discrete", path == "factorised"
+        self.obs_split = ObservationSplit(obs_space, action_space, mask_as_input)
         self.obs_space, self.action_space = obs_space, action_space
         self.action_dim = space_action_dim(action_space)
         self.max_seq_len = max_seq_len
@@ -134,10 +133,14 @@ class Agent(nn.Module):
         self.actor_filter, self.filter_beta, self.filter_clip, self.leaky_weight = actor_filter, filter_beta, filter_clip, leaky_weight
         self.online_coeff, self.n_action_samples, self.tau = online_coeff, n_action_samples, tau
 
-        self.tstep_encoder = build_tstep_encoder(obs_space, action_space, kind=tstep_encoder, d_out=d_tstep, **(tstep_options or {}))
+        enc_space = self.obs_split.encoder_space
+        self.tstep_encoder = build_tstep_encoder(enc_space, action_space, kind=tstep_encoder, d_out=d_tstep, **(tstep_options or {}))
         self.traj_encoder = build_traj_encoder(traj_encoder, d_in=d_tstep, d_model=d_model, n_layers=n_layers, max_seq_len=max_seq_len)
         d_state = self.traj_encoder.d_out
-        self.policy = DiscretePolicy(self.action_dim) if self.discrete else CONTINUOUS_POLICIES[continuous_policy](self.action_dim)
+        if self.factorised:
+            self.policy = FactorisedPolicy(action_space.nvec.tolist())
+        else:
+            self.policy = DiscretePolicy(self.action_dim) if self.discrete else CONTINUOUS_POLICIES[continuous_policy](self.action_dim)
         self.bins = (value_bins or ValueBins()) if critic_type == "classification" else None
         n_out = self.bins.n_bins if self.bins is not None else 1
         n_g = len(gammas)
@@ -178,10 +181,16 @@ class Agent(nn.Module):
 
     # ------------------------------------------------------------------- encoding
     def _tokens(self, batch: Batch) -> Dict[str, object]:
+        """The token keys the timestep encoder reads (its part of the observation)."""
         missing = [k for k in TOKEN_KEYS if k not in batch]
         if missing:
             raise KeyError(f"batch is missing token key(s) {missing}; see amago2/data/layout.py for the layout")
-        return {k: batch[k] for k in TOKEN_KEYS}
+        return dict({k: batch[k] for k in TOKEN_KEYS}, obs=self.obs_split.split(batch["obs"])[0])
+
+    def _action_mask(self, batch: Batch) -> Optional[torch.Tensor]:
+        """The allowed actions, bool [..., A], or None without a mask."""
+        mask = self.obs_split.split(batch["obs"])[1]
+        return None if mask is None else mask.bool()
 
     def _encode(self, tokens, tstep_encoder, traj_encoder, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Windows -> features [B, L+1, d_model]. `positions` [B]: each window's first token's
@@ -196,7 +205,7 @@ class Agent(nn.Module):
     @torch.no_grad()
     def update_normalizer(self, batch: Batch) -> None:
         """Update the timestep encoder's running input statistics from real (unpadded) tokens."""
-        self.tstep_encoder.update_normalizer(batch["obs"], batch["mask"])
+        self.tstep_encoder.update_normalizer(self.obs_split.split(batch["obs"])[0], batch["mask"])
 
     # ---------------------------------------------------------------- value parts
     def _values(self, out: torch.Tensor) -> torch.Tensor:
@@ -207,13 +216,17 @@ class Agent(nn.Module):
         """q [k, ...] from the REDQ subset of critics -> [...]."""
         return q.min(0).values if self.target_reduce == "min" else q.mean(0)
 
-    def _next_state_values(self, s_next: torch.Tensor) -> torch.Tensor:
+    def _policy(self, params: torch.Tensor, mask: Optional[torch.Tensor]):
+        """The policy from actor outputs [N, G, n_params] (the mask [N, A] holds for every gamma)."""
+        return self.policy(params) if mask is None else self.policy(params, mask.unsqueeze(-2))
+
+    def _next_state_values(self, s_next: torch.Tensor, mask_next: Optional[torch.Tensor] = None) -> torch.Tensor:
         """V_g(s') = E_{a' ~ pi_target,g(s')} Q_target,g(s', a') per gamma, [N, G].
 
         Only the REDQ subset of target critics is evaluated.
         """
         members = torch.randperm(self.n_critics, device=s_next.device)[: self.redq_subset]
-        policy = self.policy(self.target_actor(s_next))  # batch shape [N, G]
+        policy = self._policy(self.target_actor(s_next), mask_next)  # batch shape [N, G]
         if self.discrete:
             q = self._reduce(self._values(self.target_critic(s_next, members=members)))  # [N, G, A]
             return (policy.probs * q).sum(-1)
@@ -244,7 +257,7 @@ class Agent(nn.Module):
         The metrics are 0-d tensors on the batch's device, not Python numbers: reading each
         one would make the host wait for the device at every update. Read them together,
         once per logging interval (`Learner.read`)."""
-        tokens = self._tokens(batch)
+        tokens, action_mask = self._tokens(batch), self._action_mask(batch)
         positions = batch.get("position")
         h = self._encode(tokens, self.tstep_encoder, self.traj_encoder, positions)
         with torch.no_grad():
@@ -264,10 +277,13 @@ class Agent(nn.Module):
         if s.shape[0] == 0:
             raise ValueError("the batch has no valid transitions (mask[:, 1:] is all False)")
         gammas = self.gammas.to(s.device)
+        # The allowed actions in state s and s', [N, A] (None without masks).
+        allowed = None if action_mask is None else action_mask[:, :-1][valid]
+        allowed_next = None if action_mask is None else action_mask[:, 1:][valid]
 
         # ---- critic: TD targets per gamma
         with torch.no_grad():
-            v_next = self._next_state_values(s_next)  # [N, G]
+            v_next = self._next_state_values(s_next, allowed_next)  # [N, G]
             target = r.unsqueeze(-1) * self.reward_scale + gammas * (1 - done).unsqueeze(-1) * v_next  # [N, G]
         hidden = self.critic.hidden(s, None if self.discrete else a)  # [C, N, d_hidden]
         if self.discrete:
@@ -293,10 +309,10 @@ class Agent(nn.Module):
 
         # ---- actor: filtered BC per gamma
         actor_out = self.actor(s)
-        policy = self.policy(actor_out)  # batch shape [N, G]
+        policy = self._policy(actor_out, allowed)  # batch shape [N, G]
         with torch.no_grad():
             s_sg = s.detach()
-            fixed_policy = self.policy(actor_out.detach())  # the same numbers as re-running the actor on s_sg
+            fixed_policy = self._policy(actor_out.detach(), allowed)  # the same numbers as re-running the actor on s_sg
             if self.discrete:  # every action's value from the hidden layer computed above
                 q_all = self._values(self.critic.head(hidden.detach())).mean(0)  # [N, G, A], ensemble mean
                 q_taken = q_all.gather(-1, a_index.view(-1, 1, 1).expand(-1, q_all.shape[1], 1)).squeeze(-1)
@@ -364,21 +380,26 @@ class Agent(nn.Module):
         tokens: the token keys of layout.py for the current step, each [B, ...] (no time axis).
         reset: bool [B], True where an env started a new trajectory (its memory is cleared).
         donate_state: the caller will not use `state` again (see `TrajEncoder.step`).
-        Returns actions (Discrete: int64 [B]; continuous: float [B, A] in [-1, 1]) and the new state.
+        Returns actions (Discrete: int64 [B]; factorised: int64 [B, k]; continuous: float [B, A]
+        in [-1, 1]) and the new state. With an action mask, only allowed actions are returned.
 
         Runs in `torch.inference_mode` (7-10% faster per step than `no_grad` at batch 8 on
         CPU), so the returned tensors are inference tensors: read them, or pass the state back
         to `act`, but do not use them in autograd or modify them in place outside inference mode.
         """
-        tokens = self._tokens(tokens)
+        tokens, action_mask = self._tokens(tokens), self._action_mask(tokens)
+        if action_mask is not None:
+            self.obs_split.check_allowed(action_mask)
         seq = {k: _add_time_axis(v) for k, v in tokens.items()}
         x = self.tstep_encoder(**seq)[:, 0]  # [B, d_tstep]
         if reset is None:
             reset = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         y, state = self.traj_encoder.step(x, reset.to(x.device).bool(), state, donate_state=donate_state)
-        dist = self.policy(self.actor(y)[:, self.main_gamma_index])
-        action = dist.sample() if sample else dist.mode()
-        return action, state
+        params = self.actor(y)[:, self.main_gamma_index]
+        dist = self.policy(params) if action_mask is None else self.policy(params, action_mask.to(y.device))
+        if self.factorised:
+            return (dist.sample_indices() if sample else dist.mode_indices()), state
+        return (dist.sample() if sample else dist.mode()), state
 
 
 def _add_time_axis(v):

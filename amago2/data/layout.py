@@ -6,7 +6,8 @@ its memory across the episodes of a trial, and the RL problem it solves is the t
 
 A trajectory of T transitions has T + 1 *tokens*. Token t holds what the agent sees at step t:
 
-    obs[t]            the observation (array, or a dict of arrays)
+    obs[t]            the observation (array, or a dict of arrays; a dict may hold the
+                      allowed actions under ACTION_MASK_KEY)
     prev_action[t]    float [A]: the action taken at step t-1 (one-hot for Discrete(A));
                       zeros at t = 0. Inner episode starts keep the last action of the
                       previous episode, so prev_action[1:] is exactly the actions taken.
@@ -43,3 +44,7 @@ TRAJECTORY_KEYS = TOKEN_KEYS + ("terminal",)
 
 BATCH_KEYS = TRAJECTORY_KEYS + ("mask", "position")
 """What a training batch holds: [B, L + 1, ...] for every key but `position` ([B])."""
+
+ACTION_MASK_KEY = "action_mask"
+"""An entry of a dict `obs`: bool [A], the actions allowed at that token (one flag per entry
+of `prev_action`). Stored with the observation, so training sees the masks rollouts saw."""

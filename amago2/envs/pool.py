@@ -179,6 +179,7 @@ class EnvPool:
             raise
         self.env_names: List[str] = [d["name"] for d in descriptions]
         self._discrete = isinstance(self.action_space, spaces.Discrete)
+        self._factorised = isinstance(self.action_space, spaces.MultiDiscrete)
 
     # ------------------------------------------------------------------ async plumbing
 
@@ -296,6 +297,14 @@ class EnvPool:
                     f"EnvPool.step expects {self.n_envs} integer actions (shape ({self.n_envs},)) for "
                     f"the discrete action space {self.action_space}; got shape {arr.shape}, dtype "
                     f"{arr.dtype}. Cast with .astype(np.int64) / .long() if they are floats."
+                )
+        elif self._factorised:
+            k = self.action_space.nvec.size
+            if arr.shape != (self.n_envs, k) or not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(
+                    f"EnvPool.step expects integer actions of shape ({self.n_envs}, {k}) for the "
+                    f"factorised action space {self.action_space} (one value per component); got "
+                    f"shape {arr.shape}, dtype {arr.dtype}."
                 )
         else:
             dim = self.action_space.shape[0]

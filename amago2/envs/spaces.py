@@ -1,36 +1,23 @@
-"""Space converters: gymnasium observation and action spaces to the arrays an amago2 agent
-reads and the actions it takes.
+"""Observation conversion: gymnasium observation spaces to the arrays an amago2 agent reads.
 
 `ObservationConverter` turns an env's observations into fixed-shape arrays (one-hots for
-discrete spaces, flat vectors for Tuples, flattened Dicts); `ActionConverter` maps the
-agent's Discrete(A) or Box(-1, 1) actions to the env's action space and back. `AgentEnv`
-(`amago2.envs.wrappers`) converts with them; they also work on their own, e.g. to convert
-logged data of an offline dataset.
+discrete spaces, flat vectors for Tuples, flattened Dicts). Its counterpart for actions,
+`ActionConverter`, lives in `amago2.envs.action_spaces` and is importable from here too.
+`AgentEnv` (`amago2.envs.wrappers`) converts with them; they also work on their own, e.g. to
+convert logged data of an offline dataset.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 from gymnasium import spaces
 
+# Re-exported: `amago2.envs.spaces` is where users have imported the action converter from.
+from amago2.envs.action_spaces import MAX_DISCRETE_ACTIONS, ActionConverter, space_name  # noqa: F401
+
 TextTokenizer = Callable[[str], np.ndarray]
-
-MAX_DISCRETE_ACTIONS = 1024
-"""Largest flattened discrete action space (MultiDiscrete / MultiBinary) AgentEnv accepts.
-The actor outputs one logit per flattened action, so larger products are better served by
-a factored action head or a continuous relaxation."""
-
-
-# --------------------------------------------------------------------------------------
-# Observations
-# --------------------------------------------------------------------------------------
-
-
-def _space_name(space: spaces.Space) -> str:
-    return f"{type(space).__name__} ({space})"
 
 
 def _is_vector_leaf(space: spaces.Space) -> bool:
@@ -105,7 +92,7 @@ def _vector_leaf(space: spaces.Space, where: str) -> _Leaf:
             lambda x: np.concatenate([p.fn(xi) for p, xi in zip(parts, x)]),
         )
     raise ValueError(
-        f"observation {where}: unsupported space {_space_name(space)} inside a Tuple. A Tuple "
+        f"observation {where}: unsupported space {space_name(space)} inside a Tuple. A Tuple "
         f"observation is flattened to one float vector, so it may only hold Discrete, "
         f"MultiDiscrete, MultiBinary, Box or Tuples of them; use a Dict observation for "
         f"anything else, or an ObservationWrapper that converts it."
@@ -130,11 +117,21 @@ class ObservationConverter:
     `text_tokenizer(str) -> np.ndarray` must return the same shape for every string (pad or
     truncate to a fixed length). Its output space is `text_tokenizer.space` when the
     tokenizer has one, else a Box of the shape and dtype it returns for a sample string.
+
+    `custom_entries` maps flat keys of a Dict observation to (converted space, function)
+    pairs that replace the conversion above for those entries (`AgentEnv` converts the
+    `action_mask` entry this way, see `amago2.envs.action_masks`).
     """
 
-    def __init__(self, space: spaces.Space, text_tokenizer: Optional[TextTokenizer] = None):
+    def __init__(
+        self,
+        space: spaces.Space,
+        text_tokenizer: Optional[TextTokenizer] = None,
+        custom_entries: Optional[Dict[str, Tuple[spaces.Space, Callable[[Any], np.ndarray]]]] = None,
+    ):
         self.source_space = space
         self.text_tokenizer = text_tokenizer
+        self._custom = dict(custom_entries or {})
         if isinstance(space, spaces.Dict):
             self._leaves: Optional[Dict[str, _Leaf]] = {}
             self._paths: Dict[str, Tuple[str, ...]] = {}
@@ -153,7 +150,10 @@ class ObservationConverter:
                 self._flatten_dict(sub, path)
                 continue
             flat_key = "/".join(path)
-            self._leaves[flat_key] = self._convert_leaf(sub, f"observation['{flat_key}']", name=str(key))
+            if flat_key in self._custom:
+                self._leaves[flat_key] = _Leaf(*self._custom[flat_key])
+            else:
+                self._leaves[flat_key] = self._convert_leaf(sub, f"observation['{flat_key}']", name=str(key))
             self._paths[flat_key] = path
 
     def _convert_leaf(self, space: spaces.Space, where: str, name: Optional[str]) -> _Leaf:
@@ -172,7 +172,7 @@ class ObservationConverter:
                 )
             return self._text_leaf(space, where)
         raise ValueError(
-            f"{where}: unsupported observation space {_space_name(space)}. AgentEnv supports "
+            f"{where}: unsupported observation space {space_name(space)}. AgentEnv supports "
             f"Box, Discrete, MultiDiscrete, MultiBinary, Tuple of those, Dict of those, and "
             f"Text under a Dict key 'mission'; convert other observations with a "
             f"gymnasium.ObservationWrapper first."
@@ -219,146 +219,3 @@ class ObservationConverter:
                 value = value[part]
             out[key] = leaf.fn(value)
         return out
-
-
-# --------------------------------------------------------------------------------------
-# Actions
-# --------------------------------------------------------------------------------------
-
-
-class ActionConverter:
-    """Maps between the agent's action space and an environment's.
-
-    | env space | agent action space | agent -> env |
-    |---|---|---|
-    | Discrete(n, start) | Discrete(n) | start + a |
-    | MultiDiscrete(nvec) | Discrete(prod(nvec)) (at most 1024) | row-major unravel of a |
-    | MultiBinary(n) | Discrete(2**n) (n at most 10) | bits of a, most significant first |
-    | Box(low, high), finite, float | Box(-1, 1, (d,)) with d = prod(shape) | low + (a + 1) / 2 * (high - low) |
-
-    `prev_action` encodes the agent action as float32 [A]: one-hot for Discrete(A), the
-    (clipped) action itself for Box.
-    """
-
-    def __init__(self, space: spaces.Space):
-        self.env_space = space
-        if isinstance(space, spaces.Discrete):
-            self.discrete = True
-            self.n = int(space.n)
-        elif isinstance(space, spaces.MultiDiscrete):
-            nvec = space.nvec.reshape(-1).astype(np.int64)
-            self.n = math.prod(int(v) for v in nvec)
-            if self.n > MAX_DISCRETE_ACTIONS:
-                raise ValueError(
-                    f"action space {space} flattens to Discrete({self.n}), more than "
-                    f"{MAX_DISCRETE_ACTIONS} actions. Reduce the action set with a "
-                    f"gymnasium.ActionWrapper (e.g. fewer bins per dimension), or expose it "
-                    f"as a Box and discretize inside the env."
-                )
-            self.discrete = True
-        elif isinstance(space, spaces.MultiBinary):
-            bits = int(np.prod(space.shape))
-            if 2**bits > MAX_DISCRETE_ACTIONS:
-                raise ValueError(
-                    f"action space {space} has {bits} bits, which flattens to Discrete({2**bits}), "
-                    f"more than {MAX_DISCRETE_ACTIONS} actions. Restrict the valid bit patterns "
-                    f"with a gymnasium.ActionWrapper exposing a small Discrete space."
-                )
-            self.n = 2**bits
-            self.discrete = True
-        elif isinstance(space, spaces.Box):
-            if not np.issubdtype(space.dtype, np.floating):
-                raise ValueError(
-                    f"action space {space} is an integer Box; AgentEnv rescales continuous "
-                    f"actions from [-1, 1]. Expose it as Discrete / MultiDiscrete with a "
-                    f"gymnasium.ActionWrapper."
-                )
-            if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-                bad = np.flatnonzero(~(np.isfinite(space.low) & np.isfinite(space.high)).reshape(-1))
-                raise ValueError(
-                    f"action space {space} is unbounded in flat dimension(s) {bad.tolist()}. "
-                    f"The agent acts in [-1, 1]^d and AgentEnv rescales to the env's bounds, "
-                    f"which must be finite: give the env a bounded action space (e.g. a "
-                    f"gymnasium.ActionWrapper whose action_space is a Box with the range "
-                    f"that makes sense for the task)."
-                )
-            self.discrete = False
-            self.n = int(np.prod(space.shape))
-            self._low = space.low.astype(np.float64).reshape(-1)
-            self._high = space.high.astype(np.float64).reshape(-1)
-        else:
-            raise ValueError(
-                f"unsupported action space {_space_name(space)}. AgentEnv supports Discrete, "
-                f"MultiDiscrete, MultiBinary (small) and bounded float Box actions; wrap "
-                f"Tuple / Dict / Text action spaces in a gymnasium.ActionWrapper that exposes "
-                f"one of those (e.g. flatten a Tuple of Discretes into one Discrete)."
-            )
-        if self.discrete:
-            self.agent_space: spaces.Space = spaces.Discrete(self.n)
-        else:
-            self.agent_space = spaces.Box(-1.0, 1.0, (self.n,), np.float32)
-
-    @property
-    def action_dim(self) -> int:
-        """A: the length of the `prev_action` vector."""
-        return self.n
-
-    def canonical(self, action: Any) -> Union[int, np.ndarray]:
-        """Validate an agent action: an int in [0, A) or a float32 [A] in [-1, 1] (clipped)."""
-        if self.discrete:
-            arr = np.asarray(action)
-            if arr.size != 1 or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(
-                    f"expected a discrete agent action (an integer in [0, {self.n})), got {action!r}"
-                )
-            a = int(arr.reshape(()))
-            if not 0 <= a < self.n:
-                raise ValueError(f"discrete agent action {a} is outside [0, {self.n})")
-            return a
-        arr = np.asarray(action, dtype=np.float32).reshape(-1)
-        if arr.size != self.n:
-            raise ValueError(f"expected a continuous agent action of {self.n} values, got shape {np.shape(action)}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"continuous agent action has non-finite values: {arr}")
-        return np.clip(arr, -1.0, 1.0)
-
-    def encode(self, action: Any) -> np.ndarray:
-        """The `prev_action` vector (float32 [A]) of an agent action."""
-        a = self.canonical(action)
-        if self.discrete:
-            return _one_hot(a, self.n)
-        return a.astype(np.float32, copy=True)
-
-    def to_env(self, action: Any) -> Any:
-        """Agent action -> the env's action."""
-        a = self.canonical(action)
-        space = self.env_space
-        if isinstance(space, spaces.Discrete):
-            return int(space.start) + a
-        if isinstance(space, spaces.MultiDiscrete):
-            idx = np.array(np.unravel_index(a, space.nvec.reshape(-1)), dtype=np.int64)
-            return (idx + space.start.reshape(-1)).astype(space.dtype).reshape(space.shape)
-        if isinstance(space, spaces.MultiBinary):
-            bits = np.array(np.unravel_index(a, (2,) * int(np.prod(space.shape))))
-            return bits.astype(space.dtype).reshape(space.shape)
-        x = self._low + (a.astype(np.float64) + 1.0) * 0.5 * (self._high - self._low)
-        # Clip so float rounding never leaves the env's bounds.
-        return np.clip(x, self._low, self._high).astype(space.dtype).reshape(space.shape)
-
-    def from_env(self, env_action: Any) -> Union[int, np.ndarray]:
-        """The env's action -> agent action (the inverse of `to_env`, e.g. for logged data)."""
-        space = self.env_space
-        if isinstance(space, spaces.Discrete):
-            return int(env_action) - int(space.start)
-        if isinstance(space, spaces.MultiDiscrete):
-            idx = np.asarray(env_action).reshape(-1).astype(np.int64) - space.start.reshape(-1)
-            return int(np.ravel_multi_index(tuple(idx), tuple(space.nvec.reshape(-1))))
-        if isinstance(space, spaces.MultiBinary):
-            bits = np.asarray(env_action).reshape(-1).astype(np.int64)
-            return int(np.ravel_multi_index(tuple(bits), (2,) * bits.size))
-        x = np.asarray(env_action, dtype=np.float64).reshape(-1)
-        width = self._high - self._low
-        # A zero-width dimension has one valid value; map it to the middle of [-1, 1].
-        safe = np.where(width > 0, width, 1.0)
-        a = np.where(width > 0, 2.0 * (x - self._low) / safe - 1.0, 0.0)
-        return np.clip(a, -1.0, 1.0).astype(np.float32)

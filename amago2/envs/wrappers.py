@@ -31,7 +31,8 @@ Task protocol (how the wrapper asks for a new task, only at a trial reset):
 3. Otherwise the environment's own `reset` decides: an environment that draws a new task
    at every reset gives trials of k unrelated episodes.
 
-Spaces are converted by `ObservationConverter` and `ActionConverter` (`amago2.envs.spaces`).
+Spaces are converted by `ObservationConverter` and `ActionConverter` (`amago2.envs.spaces`),
+an `action_mask` observation entry by `amago2.envs.action_masks`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from amago2.envs.action_masks import MASK_KEY, check_mask, mask_entry
 from amago2.envs.spaces import ActionConverter, ObservationConverter, TextTokenizer
 
 Token = Dict[str, Any]
@@ -103,6 +105,9 @@ class AgentEnv(gym.Wrapper):
 
     Spaces: `observation_space` (converted obs), `agent_action_space` (== `action_space`,
     what `step` takes), `token_space` (a Dict space of the whole token), `action_dim` (A).
+    An `action_mask` entry of a Dict observation becomes the agent's bool [A] mask
+    (`amago2.envs.action_masks`); a token the agent must act on whose mask allows nothing
+    raises a ValueError.
     """
 
     def __init__(
@@ -130,8 +135,12 @@ class AgentEnv(gym.Wrapper):
             env_name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         self.env_name = env_name
 
-        self.obs_converter = ObservationConverter(env.observation_space, text_tokenizer)
         self.action_converter = ActionConverter(env.action_space)
+        mask = mask_entry(env.observation_space, self.action_converter)
+        self.masked = mask is not None
+        """The observation has an `action_mask` entry, converted to the agent's actions."""
+        custom = {MASK_KEY: mask} if mask is not None else None
+        self.obs_converter = ObservationConverter(env.observation_space, text_tokenizer, custom_entries=custom)
         self.observation_space = self.obs_converter.space
         self.agent_action_space = self.action_converter.agent_space
         # The wrapper's action_space is what `step` takes, so `action_space.sample()` works.
@@ -189,9 +198,13 @@ class AgentEnv(gym.Wrapper):
         """Wrapped env's action -> agent action."""
         return self.action_converter.from_env(env_action)
 
-    def _token(self, obs: Any, prev_action: np.ndarray, prev_reward: float, start: bool) -> Token:
+    def _token(self, obs: Any, prev_action: np.ndarray, prev_reward: float, start: bool, last: bool = False) -> Token:
+        """`last`: the token ends the trial; no action is chosen there, so its mask may be empty."""
+        converted = self.obs_converter(obs)
+        if self.masked and not last:
+            check_mask(converted[MASK_KEY], self.agent_action_space, f"{self.env_name}, step {self._time} of episode {self._episode + 1}")
         return {
-            "obs": self.obs_converter(obs),
+            "obs": converted,
             "prev_action": prev_action,
             "prev_reward": np.array(prev_reward, dtype=np.float32),
             "time": np.array(self._time, dtype=np.int64),
@@ -260,9 +273,10 @@ class AgentEnv(gym.Wrapper):
             info["terminal"] = False
             return self._token(obs, prev_action, reward, start=True), reward, False, False, info
 
-        token = self._token(obs, prev_action, reward, start=False)
         # Termination wins over truncation when an env reports both: nothing follows a
         # true terminal state, so there is no value to bootstrap.
+        # The agent acts on no token that ends the trial, so its mask is not checked.
+        token = self._token(obs, prev_action, reward, start=False, last=episode_end)
         trial_terminated = bool(terminated)
         trial_truncated = bool(truncated) and not trial_terminated
         info["terminal"] = trial_terminated

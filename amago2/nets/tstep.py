@@ -35,15 +35,18 @@ Obs = Union[torch.Tensor, Dict[str, torch.Tensor]]
 
 
 def action_dim(action_space: gym.Space) -> int:
-    """Width of the prev_action feature: Discrete(n) -> n (one-hot), Box of shape (d,) -> d."""
+    """Width of the prev_action feature: Discrete(n) -> n (one-hot), MultiDiscrete(nvec) ->
+    sum(nvec) (the components' one-hots, concatenated), Box of shape (d,) -> d."""
     if isinstance(action_space, gym.spaces.Discrete):
         return int(action_space.n)
+    if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
+        return int(action_space.nvec.sum())
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         return int(action_space.shape[0])
     raise ValueError(
         f"unsupported action space {action_space}: timestep encoders take Discrete(n) (fed back as a "
-        "one-hot) or a rank-1 Box. Flatten other spaces in the env wrapper, e.g. map MultiDiscrete to "
-        "one Discrete over all combinations, or a rank-2 Box to a rank-1 Box."
+        "one-hot), a flat MultiDiscrete (concatenated one-hots) or a rank-1 Box. Convert other spaces "
+        "with amago2.envs.AgentEnv, which flattens and rescales action spaces."
     )
 
 
@@ -53,7 +56,7 @@ class TstepEncoder(nn.Module):
 
     Args (shared by every encoder):
         d_out: width of the output token.
-        include_prev_action: feed the previous action (one-hot for Discrete). False removes
+        include_prev_action: feed the previous action (one-hot for discrete actions). False removes
             the feature (zero width), so the policy cannot see it.
         include_prev_reward: feed symlog(previous reward). False removes it likewise.
         max_time: the time feature is min(time / max_time, 1).

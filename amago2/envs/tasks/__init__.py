@@ -9,7 +9,8 @@ reference returns that say what memory is worth:
 | `MetaBandit(n_arms, pulls)`, one good arm | pulls * good_mean (oracle) | pulls * (prior mean of an arm) |
 | `MetaGridworld(size, max_steps)` | 1.0 per episode (oracle, default sizes) | at most max_steps / (size**2 - 1) per episode |
 
-One module per task (`tmaze`, `bandit`, `gridworld`), each with its reference and baseline
+One module per task (`tmaze`, `bandit`, `gridworld`; `actions` holds two action-space
+checks, MaskedChoice and ComponentMatch, that need no memory), each with its reference and baseline
 returns; `base` holds the protocol of the tasks whose hidden task persists across resets
 (MetaBandit, MetaGridworld: see there). This package exports them all and registers them
 as gymnasium ids (`TASK_IDS`). All randomness comes from `self.np_random`, seeded by
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from amago2.envs.tasks.actions import MASKED_CHOICE_OPTIMAL_STEP, ComponentMatch, MaskedChoice
 from amago2.envs.tasks.bandit import BANDIT_PRIORS, MetaBandit, bandit_baseline_returns, bandit_reference_returns
 from amago2.envs.tasks.gridworld import MetaGridworld, gridworld_baseline_returns, gridworld_reference_returns
 from amago2.envs.tasks.tmaze import TMaze, tmaze_reference_returns
@@ -28,6 +30,9 @@ __all__ = [
     "TMaze",
     "MetaBandit",
     "MetaGridworld",
+    "MaskedChoice",
+    "ComponentMatch",
+    "MASKED_CHOICE_OPTIMAL_STEP",
     "BANDIT_PRIORS",
     "TASK_IDS",
     "register_tasks",
@@ -42,6 +47,8 @@ TASK_IDS = {
     "amago2/TMaze-v0": "amago2.envs.tasks:TMaze",
     "amago2/MetaBandit-v0": "amago2.envs.tasks:MetaBandit",
     "amago2/MetaGridworld-v0": "amago2.envs.tasks:MetaGridworld",
+    "amago2/MaskedChoice-v0": "amago2.envs.tasks:MaskedChoice",
+    "amago2/ComponentMatch-v0": "amago2.envs.tasks:ComponentMatch",
 }
 
 
