@@ -374,3 +374,22 @@ def test_factorised_multidiscrete_task_learns(tmp_path):
     so 3.0 is 3.5 of them above it). Measured: 3.38 (400 updates, 3 to 10 min on a loaded
     2-core CPU)."""
     assert learn("amago2/ComponentMatch-v0", tmp_path, epochs=8, updates_per_epoch=50) > 3.0
+
+
+def test_value_inspection_takes_v_over_the_allowed_actions_only():
+    """Agent.values: V is the masked policy's expectation of Q, so raising a masked action's
+    logit leaves it unchanged, and it equals sum(probs_masked * q_all) by hand."""
+    torch.manual_seed(0)
+    n = 4
+    agent = Agent(masked_obs_space(n), spaces.Discrete(n), traj_encoder="ff", d_model=16, n_layers=1, d_tstep=16, max_seq_len=8)
+    batch = masked_batch(n)
+    before, after = agent.values(batch), _bump_logit(agent, 0, n).values(batch)
+    torch.testing.assert_close(after["v"], before["v"])
+    torch.testing.assert_close(after["advantage"], before["advantage"])
+    unmasked = dict(batch, obs=dict(batch["obs"], action_mask=torch.ones_like(batch["obs"]["action_mask"])))
+    assert not torch.allclose(agent.values(unmasked)["v"], _bump_logit(agent, 0, n).values(unmasked)["v"])
+    with torch.no_grad():
+        h = agent._encode(agent._tokens(batch), agent.tstep_encoder, agent.traj_encoder, batch["position"])[:, :-1]
+        probs = agent._policy(agent.actor(h), batch["obs"]["action_mask"][:, :-1]).probs  # [B, L, G, A]
+    assert (probs[..., 0] == 0).all()
+    torch.testing.assert_close(before["v"], (probs * before["q_all"]).sum(-1))

@@ -25,7 +25,8 @@ def value_estimates(agent, batch: Dict[str, object], n_action_samples: int = 16)
 
         q          [B, L, G]     Q_g(s_t, a_t), the ensemble mean of the online critic
         v          [B, L, G]     V_g(s_t) = E_{a ~ pi_g(s_t)} Q_g(s_t, a) (exact for discrete
-                                 actions, `n_action_samples` samples for continuous ones)
+                                 actions, `n_action_samples` samples for continuous and
+                                 factorised ones; with an action mask, over allowed actions)
         advantage  [B, L, G]     q - v: what the actor's filter weighs the action by
         q_all      [B, L, G, A]  discrete actions only: Q of every action
         mask       [B, L]        True where transition t is real
@@ -42,7 +43,9 @@ def value_estimates(agent, batch: Dict[str, object], n_action_samples: int = 16)
         B, L, d = s.shape
         flat = s.reshape(B * L, d)
         a = batch["prev_action"][:, 1:].reshape(B * L, -1).float()
-        policy = agent.policy(agent.actor(flat))  # batch shape [B*L, G]
+        action_mask = agent._action_mask(batch)  # [B, L+1, A] or None
+        allowed = None if action_mask is None else action_mask[:, :-1].reshape(B * L, -1)
+        policy = agent._policy(agent.actor(flat), allowed)  # batch shape [B*L, G]
         out: Dict[str, torch.Tensor] = {}
         if agent.discrete:
             q_all = agent._values(agent.critic(flat)).mean(0)  # [B*L, G, A]
