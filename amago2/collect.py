@@ -4,6 +4,8 @@ The collector keeps, for each environment, the agent's memory (the trajectory en
 state) and a writer for the trajectory in progress. Memory is reset only for the envs that
 started a new trajectory. Trajectories longer than `max_segment_len` are written as
 overlapping segments while they run, so memory use stays bounded however long a rollout is.
+An exploration strategy (amago2.exploration), if the collector has one, perturbs the agent's
+actions; the collector counts each env's steps in its trial for it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from amago2.cpu_threads import torch_threads
 from amago2.data.replay import ReplayStore
 from amago2.data.segments import SegmentWriter
 from amago2.data.torch_batches import to_torch
-from amago2.envs.action_masks import observation_mask, random_actions
+from amago2.envs.action_masks import observation_mask
+from amago2.exploration import EpsilonGreedy, Exploration
 from amago2.seeding import generator_state, restore_generator
 
 
@@ -93,7 +96,8 @@ class TrialStats:
 
 
 class Collector:
-    """Steps `pool` with `agent.act`, writing finished trajectories into `store` (if given)."""
+    """Steps `pool` with `agent.act`, writing finished trajectories into `store` (if given),
+    perturbing the actions with `exploration` (if given; see amago2.exploration)."""
 
     def __init__(
         self,
@@ -103,6 +107,7 @@ class Collector:
         device="cpu",
         seed: int = 0,
         act_threads: Optional[int] = None,
+        exploration: Optional[Exploration] = None,
     ):
         """`act_threads`: torch CPU threads while the agent acts (None: 1 for an async pool on
         CPU, else unchanged). Acting is a batch of a few tokens; with env worker processes
@@ -113,13 +118,15 @@ class Collector:
         if act_threads is None and str(device).startswith("cpu") and getattr(pool, "mode", "sync") == "async":
             act_threads = 1
         self.act_threads = act_threads
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)  # the exploration's draws
+        self.exploration = exploration
         self.tokens: Optional[Dict[str, Any]] = None
         self.state = None
         self.new_trial = np.ones(pool.n_envs, dtype=bool)
         self.writers: List[Optional[SegmentWriter]] = [None] * pool.n_envs
         self.env_steps = 0
         self.trials_per_env = np.zeros(pool.n_envs, dtype=np.int64)  # finished trials, per env
+        self.steps_in_trial = np.zeros(pool.n_envs, dtype=np.int64)  # steps taken in the trial in progress
 
     def _writer(self, i: int) -> Optional[SegmentWriter]:
         if self.store is None:
@@ -130,23 +137,19 @@ class Collector:
         self.tokens = self.pool.reset()
         self.state = agent.init_state(self.pool.n_envs, device=self.device)
         self.new_trial[:] = True
+        self.steps_in_trial[:] = 0
         for i in range(self.pool.n_envs):
             self.writers[i] = self._writer(i)
             if self.writers[i] is not None:
                 self.writers[i].append(_step_row(self.tokens, i))
 
-    def _explore(self, actions: np.ndarray, epsilon: float) -> np.ndarray:
-        """With probability epsilon per env, replace the agent's action by a uniformly random
-        one (among the allowed actions where the observation has an action mask)."""
-        if epsilon <= 0:
-            return actions
-        swap = self.rng.random(len(actions)) < epsilon
-        if not swap.any():
-            return actions
-        actions = actions.copy()
-        mask = observation_mask(self.tokens["obs"])
-        actions[swap] = random_actions(self.pool.action_space, int(swap.sum()), self.rng, None if mask is None else mask[swap])
-        return actions
+    def _strategy(self, epsilon: float) -> Optional[Exploration]:
+        if self.exploration is not None:
+            if epsilon:
+                raise ValueError("Collector.collect(epsilon=...) is for a collector without an exploration strategy; "
+                                 "this one has one: leave epsilon at 0, or build the Collector without exploration")  # fmt: skip
+            return self.exploration
+        return EpsilonGreedy(epsilon, epsilon, 1) if epsilon > 0 else None
 
     def collect(
         self,
@@ -161,7 +164,9 @@ class Collector:
     ) -> Dict[str, float]:
         """Step every env `n_steps` times. Returns timing figures; finished trials go into `stats`.
 
-        `epsilon`: probability of a uniformly random action instead of the agent's (exploration).
+        `epsilon`: for a collector without an exploration strategy, a fixed probability of a
+        uniformly random action instead of the agent's. The result's `epsilon` is the mean rate
+        the exploration used over the steps taken (0 without one).
         `max_trials_per_env`: only the first k finished trials of each env count in `stats`, so
         that an evaluation is not biased towards tasks whose trials end sooner.
         `should_stop`: asked before every step; True ends the collection there (the rollouts
@@ -174,19 +179,29 @@ class Collector:
     def _collect(self, agent, n_steps, sample, stats, progress, epsilon, max_trials_per_env, should_stop) -> Dict[str, float]:
         if self.tokens is None:
             self._start(agent)
-        t_agent = t_env = t_write = 0.0
+        explore = self._strategy(epsilon)
+        progress_steps = self.env_steps  # the training-level schedule moves once per call
+        t_agent = t_env = t_write = rate_sum = 0.0
         done = 0
         for _ in range(n_steps):
             if should_stop is not None and should_stop():
                 break
             done += 1
             t0 = time.perf_counter()
+            if explore is not None:
+                explore.start_trials(self.new_trial, self.rng)
             tokens = to_torch(self.tokens, self.device)
             reset = torch.as_tensor(self.new_trial, device=self.device)
             # The collector owns its state and only keeps the returned one, so it donates it.
             actions, self.state = agent.act(tokens, self.state, reset=reset, sample=sample, donate_state=True)
             t1 = time.perf_counter()
-            res = self.pool.step(self._explore(actions.cpu().numpy(), epsilon))
+            env_actions = actions.cpu().numpy()
+            if explore is not None:
+                rates = explore.rates(progress_steps, self.steps_in_trial)
+                rate_sum += float(rates.sum())
+                mask = observation_mask(self.tokens["obs"])
+                env_actions = explore.perturb(env_actions, rates, self.rng, self.pool.action_space, mask)
+            res = self.pool.step(env_actions)
             t2 = time.perf_counter()
             for i in range(self.pool.n_envs):
                 writer = self.writers[i]
@@ -207,24 +222,36 @@ class Collector:
                 if writer is not None:
                     writer.append(_step_row(res.tokens, i))
             self.new_trial = np.asarray(res.new_trial, dtype=bool)
+            self.steps_in_trial += 1
+            self.steps_in_trial[self.new_trial] = 0
             self.tokens = res.tokens
             self.env_steps += self.pool.n_envs
             t_agent, t_env, t_write = t_agent + t1 - t0, t_env + t2 - t1, t_write + time.perf_counter() - t2
             if progress is not None:
                 progress.update(self.pool.n_envs)
         total = t_agent + t_env + t_write
-        return dict(collect_s=total, collect_agent_s=t_agent, collect_env_s=t_env, collect_write_s=t_write,
+        epsilon_used = rate_sum / (done * self.pool.n_envs) if done else 0.0
+        return dict(epsilon=epsilon_used, collect_s=total, collect_agent_s=t_agent, collect_env_s=t_env, collect_write_s=t_write,
                     env_steps_per_s=done * self.pool.n_envs / max(total, 1e-9))  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
     def counters_state(self) -> Dict[str, Any]:
-        """Env steps, finished trials per env and the exploration RNG: plain, checkpoint-safe data."""
-        return dict(env_steps=self.env_steps, trials_per_env=self.trials_per_env.tolist(), rng=generator_state(self.rng))
+        """Env steps, finished trials and steps in the current trial per env, the exploration's
+        state and its RNG: plain, checkpoint-safe data."""
+        return dict(env_steps=self.env_steps, trials_per_env=self.trials_per_env.tolist(), rng=generator_state(self.rng),
+                    steps_in_trial=self.steps_in_trial.tolist(),
+                    exploration={} if self.exploration is None else self.exploration.state_dict())  # fmt: skip
 
     def load_counters_state(self, state: Dict[str, Any]) -> None:
         self.env_steps = int(state["env_steps"])
         if len(state["trials_per_env"]) == self.pool.n_envs:
             self.trials_per_env = np.asarray(state["trials_per_env"], dtype=np.int64)
+        # A checkpoint from before exploration state was saved has neither key; with another
+        # pool size the rollouts cannot continue either, and every env starts a new trial.
+        if len(state.get("steps_in_trial", ())) == self.pool.n_envs:
+            self.steps_in_trial = np.asarray(state["steps_in_trial"], dtype=np.int64)
+        if self.exploration is not None and state.get("exploration"):
+            self.exploration.load_state_dict(state["exploration"])
         restore_generator(self.rng, state["rng"])
 
     def rollout_state(self) -> Optional[Dict[str, Any]]:

@@ -39,6 +39,7 @@ from amago2.data.replay import ReplayStore
 from amago2.data.torch_batches import Prefetcher
 from amago2.envs.pool_factory import make_pool
 from amago2.evaluation import evaluate_policy, sampled_names
+from amago2.exploration import Exploration, make_exploration
 from amago2.learner import Learner, NonFiniteLossError
 from amago2.logger import RunLogger
 from amago2.malloc import tune_glibc_malloc
@@ -60,10 +61,11 @@ class Experiment(CheckpointedRun):
     a list of them (multi-task: env i of the pool runs entry i % len(list)); `env_kwargs`
     go to `gym.make` for ids. `trial_episodes` > 1 makes k-episode meta-RL trials.
     Schedule: `epochs` x (`env_steps_per_epoch` steps per env, then `updates_per_epoch` updates).
-    Learning starts once the store holds `learning_starts` transitions. Collection is
-    epsilon-greedy: a uniformly random action with probability annealed linearly from
-    `explore_eps_start` to `explore_eps_end` over `explore_anneal_env_steps` env steps
-    (evaluation never explores).
+    Learning starts once the store holds `learning_starts` transitions. Collection explores
+    with `exploration` (amago2.exploration): "epsilon" takes a uniformly random action with
+    probability annealed linearly from `explore_eps_start` to `explore_eps_end` over
+    `explore_anneal_env_steps` env steps; "bilevel" is AMAGO's per-env, per-trial schedule
+    (`BilevelEpsilonGreedy`, annealed over the same steps). Evaluation never explores.
     Offline: `offline=True` trains from `protected_dirs` only; `online_after_updates`
     (offline-to-online) starts collecting once that many updates were made.
     Replay sampling: `replay_mixture` (a `SourceMixture`) gives the fifo and the protected
@@ -100,6 +102,7 @@ class Experiment(CheckpointedRun):
         explore_eps_start: float = 0.5,
         explore_eps_end: float = 0.05,
         explore_anneal_env_steps: int = 50_000,
+        exploration: Union[str, Exploration] = "epsilon",
         lr: float = 3e-4,
         weight_decay: float = 1e-4,
         warmup_updates: int = 200,
@@ -184,8 +187,10 @@ class Experiment(CheckpointedRun):
             mixture=replay_mixture,
             sampling=replay_sampling,
         )
+        self.exploration = make_exploration(exploration, eps_start=explore_eps_start, eps_end=explore_eps_end,
+                                            anneal_env_steps=explore_anneal_env_steps, trial_steps=max_seq_len - 1)  # fmt: skip
         self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank,
-                                   act_threads=act_threads)  # fmt: skip
+                                   act_threads=act_threads, exploration=self.exploration)  # fmt: skip
         self.epoch = 0
         if self.accelerator.is_main_process:  # no process writes a checkpoint before every one is built
             remove_temp_files(self.run_dir / "checkpoints")
@@ -206,11 +211,6 @@ class Experiment(CheckpointedRun):
     @property
     def env_steps(self) -> int:
         return self.collector.env_steps
-
-    def exploration_epsilon(self) -> float:
-        """Epsilon-greedy rate for collection: linear from start to end over `explore_anneal_env_steps`."""
-        frac = min(1.0, self.env_steps / max(1, self.explore_anneal_env_steps))
-        return self.explore_eps_start + frac * (self.explore_eps_end - self.explore_eps_start)
 
     def _collecting(self) -> bool:
         if not self.offline:
@@ -235,13 +235,12 @@ class Experiment(CheckpointedRun):
 
     def collect_epoch(self, bar=None) -> Dict[str, float]:
         """`env_steps_per_epoch` steps in every training env, new trajectories indexed by the
-        store. Returns the finished trials' metrics, the exploration rate and the time split."""
+        store. Returns the finished trials' metrics, the mean exploration rate and the time split."""
         stats = TrialStats()
-        eps = self.exploration_epsilon()
-        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar, epsilon=eps,
+        timing = self.collector.collect(self.policy, self.env_steps_per_epoch, stats=stats, progress=bar,
                                         should_stop=self._stop_now)  # fmt: skip
         self.store.refresh()
-        return dict(stats.summary(), epsilon=eps, **timing)
+        return dict(stats.summary(), **timing)
 
     def train_epoch(self, bar=None) -> Dict[str, float]:
         """`updates_per_epoch` optimizer steps, each from `grad_accum_steps` batches. Returns the

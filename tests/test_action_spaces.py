@@ -3,7 +3,6 @@ the agent honouring masks in acting and in the advantage, and the collector's ex
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -311,17 +310,32 @@ def test_random_actions_draw_only_allowed_actions_uniformly():
         random_actions(spaces.Discrete(2), 1, rng, np.zeros((1, 2), bool))
 
 
-def test_collector_exploration_never_draws_masked_actions():
-    n_envs = 64
-    mask = np.zeros((n_envs, 4), bool)
-    mask[np.arange(n_envs), np.arange(n_envs) % 4] = True  # one allowed action per env
-    fake = SimpleNamespace(
-        rng=np.random.default_rng(0), tokens={"obs": {"observation": np.zeros((n_envs, 1)), "action_mask": mask}},
-        pool=SimpleNamespace(action_space=spaces.Discrete(4)),
-    )  # fmt: skip
-    actions = np.zeros(n_envs, np.int64)
-    explored = Collector._explore(fake, actions, epsilon=1.0)
-    assert np.array_equal(explored, np.arange(n_envs) % 4)
+@pytest.mark.parametrize("strategy", ["epsilon", "bilevel"])
+def test_collector_exploration_never_draws_masked_actions(strategy):
+    """A collector exploring at every step (rate 1) on MaskedChoice takes only actions the
+    observation it acted on allowed, under both exploration strategies."""
+    from amago2.envs import make_pool
+    from amago2.exploration import BilevelEpsilonGreedy, EpsilonGreedy
+
+    pool = make_pool("amago2/MaskedChoice-v0", 8)
+    agent = Agent(pool.observation_space, pool.action_space, traj_encoder="ff", d_model=16, n_layers=1, d_tstep=16, max_seq_len=16)
+    explore = EpsilonGreedy(1.0, 1.0, 1) if strategy == "epsilon" else BilevelEpsilonGreedy(
+        trial_start_eps=(1.0, 1.0), trial_end_eps=(1.0, 1.0), randomize=False, anneal_env_steps=1, trial_steps=1)  # fmt: skip
+    collector = Collector(pool, exploration=explore, seed=0)
+    taken, pool_step = [], pool.step
+
+    def recording_step(actions):
+        taken.append((np.array(actions), collector.tokens["obs"]["action_mask"].copy()))
+        return pool_step(actions)
+
+    pool.step = recording_step
+    collector.collect(agent, 60)
+    pool.close()
+    actions = np.concatenate([a for a, _ in taken])
+    masks = np.concatenate([m for _, m in taken])
+    assert masks[np.arange(len(actions)), actions].all()
+    assert (~masks[:, :2]).any(), "sanity: actions 0 and 1 were masked at some steps"
+    assert len(np.unique(actions)) == 4, "sanity: exploration drew every action where allowed"
 
 
 def test_tasks_references():
