@@ -23,6 +23,9 @@ INSTALL_HINTS = {
     "minigrid": 'pip install -e ".[envs]"  (or: pip install minigrid)',
     "ale_py": 'pip install -e ".[envs]"  (or: pip install ale-py)',
     "procgen": 'pip install -e ".[procgen]" in its own environment (procgen2 needs numpy<2)',
+    "xminigrid": 'pip install -e ".[xland]"  (or: pip install xminigrid)',
+    "gymnax": 'pip install -e ".[jax]"  (or: pip install gymnax)',
+    "jax": 'pip install -e ".[jax]"  (or: pip install jax)',
 }
 
 
