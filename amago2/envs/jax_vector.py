@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import gymnasium as gym
-import jax
-import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
@@ -41,6 +39,9 @@ from gymnasium.vector.utils import batch_space
 
 from amago2.envs.suites import require
 from amago2.envs.wrappers import NEW_TASK_OPTION
+
+jax = require("jax", "JAX-env")  # without jax: an ImportError naming the `.[jax]` extra
+import jax.numpy as jnp  # noqa: E402
 
 
 @dataclass
@@ -67,14 +68,15 @@ class JaxVectorEnv(VectorEnv):
             pickled copy rebuilds from, so make it picklable (a module-level function or a
             functools.partial of one).
         num_envs: number of sub-envs.
+        env_name: the task name a `VectorEnvPool` logs it under.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.DISABLED, NEW_TASK_OPTION: True}
 
-    def __init__(self, make_functions: Callable[[], JaxEnvFunctions], num_envs: int):
+    def __init__(self, make_functions: Callable[[], JaxEnvFunctions], num_envs: int, env_name: str = "JaxVectorEnv"):
         if int(num_envs) != num_envs or num_envs < 1:
             raise ValueError(f"JaxVectorEnv: num_envs must be a positive integer, got {num_envs!r}")
-        self._make, self.num_envs = make_functions, int(num_envs)
+        self._make, self.num_envs, self.env_name = make_functions, int(num_envs), str(env_name)
         fns = make_functions()
         self.single_observation_space, self.single_action_space = fns.observation_space, fns.action_space
         self.observation_space = batch_space(fns.observation_space, self.num_envs)
@@ -166,10 +168,10 @@ class JaxVectorEnv(VectorEnv):
                 setattr(self, f"_{name}", jax.tree.unflatten(treedef, [jnp.asarray(x) for x in saved[name]]))
 
     def __getstate__(self) -> Dict[str, Any]:
-        return dict(make_functions=self._make, num_envs=self.num_envs, saved=self.state_dict())
+        return dict(make_functions=self._make, num_envs=self.num_envs, env_name=self.env_name, saved=self.state_dict())
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(state["make_functions"], state["num_envs"])
+        self.__init__(state["make_functions"], state["num_envs"], state["env_name"])
         self.load_state_dict(state["saved"])
 
 
@@ -234,7 +236,7 @@ def gymnax_functions(env_id: str, **env_kwargs: Any) -> JaxEnvFunctions:
 
 def gymnax_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> JaxVectorEnv:
     """`num_envs` copies of a gymnax env in one `JaxVectorEnv` (what `make_pool("gymnax:<id>", n)` builds)."""
-    return JaxVectorEnv(functools.partial(gymnax_functions, env_id, **env_kwargs), num_envs)
+    return JaxVectorEnv(functools.partial(gymnax_functions, env_id, **env_kwargs), num_envs, env_name=f"gymnax:{env_id}")
 
 
 def gymnax_env(env_id: str, **env_kwargs: Any) -> JaxEnv:

@@ -71,9 +71,9 @@ def _make_vector_pool(env: Any, n_envs: int, mode: str, trial_episodes: int, see
     elif env.startswith(GYMNAX_PREFIX):
         from amago2.envs.jax_vector import gymnax_vector_env  # imports jax: only when asked for
 
-        vec, name = gymnax_vector_env(env[len(GYMNAX_PREFIX):], int(n_envs), **env_kwargs), env
+        vec = gymnax_vector_env(env[len(GYMNAX_PREFIX):], int(n_envs), **env_kwargs)
     else:
-        vec, name = gym.make_vec(env, num_envs=int(n_envs), **env_kwargs), env
+        vec = gym.make_vec(env, num_envs=int(n_envs), **env_kwargs)
     return VectorEnvPool(vec, trial_episodes=trial_episodes, env_name=name, seed=seed)
 
 

@@ -63,11 +63,15 @@ def _autoreset_mode(vec: VectorEnv) -> AutoresetMode:
 
 
 def _default_name(vec: VectorEnv) -> str:
-    """The vector env's spec id, else its first sub-env's (a SyncVectorEnv), else its class name."""
-    for env in (vec, *(getattr(vec, "envs", None) or [])[:1]):
-        spec = getattr(env, "spec", None)
-        if spec is not None:
-            return spec.id
+    """The vector env's `env_name` (a JaxVectorEnv), its spec id, else its first sub-env's name
+    as `AgentEnv` names it (a SyncVectorEnv: spec id, else class name), else its class name."""
+    if isinstance(getattr(vec, "env_name", None), str):
+        return vec.env_name
+    if getattr(vec, "spec", None) is not None:
+        return vec.spec.id
+    subs = getattr(vec, "envs", None) or []
+    if subs and isinstance(subs[0], gym.Env):
+        return subs[0].spec.id if subs[0].spec is not None else type(subs[0].unwrapped).__name__
     return type(vec).__name__
 
 
@@ -92,8 +96,8 @@ class VectorEnvPool:
         env: a `gymnasium.vector.VectorEnv` (e.g. Sync/AsyncVectorEnv, or
             `amago2.envs.jax_vector.JaxVectorEnv`); the pool owns it and closes it.
         trial_episodes: episodes per trial (the agent's RL episode and memory span).
-        env_name: task name for logs; default the env's spec id (a SyncVectorEnv: its first
-            sub-env's), else its class name.
+        env_name: task name for logs; default the env's own `env_name` attribute, its spec id,
+            else (a SyncVectorEnv) its first sub-env's name as `AgentEnv` gives it.
         seed: sub-env i is reset with seed `seed + i` at the pool's first reset only.
         text_tokenizer: as for `AgentEnv`.
     """
