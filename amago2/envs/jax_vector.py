@@ -88,7 +88,10 @@ class JaxVectorEnv(VectorEnv):
             return tuple(jax.random.split(key, 3))
 
         def reset(keys, task, state, obs, mask, new_task):
-            keys, k_task, k_reset = jax.vmap(split3)(keys)
+            # Only the reset sub-envs advance their keys: a sub-env's randomness then depends on
+            # its own history alone, as it would in a pool of single envs.
+            new_keys, k_task, k_reset = jax.vmap(split3)(keys)
+            keys = _where(mask, new_keys, keys)
             task = _where(mask & new_task, jax.vmap(fns.sample_task)(k_task), task)
             new_obs, new_state = jax.vmap(fns.reset)(k_reset, task)
             return keys, task, _where(mask, new_state, state), _where(mask, new_obs, obs)
