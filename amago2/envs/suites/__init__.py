@@ -1,4 +1,4 @@
-"""The benchmark suites: Meta-World, POPGym, BabyAI, Procgen and Atari.
+"""The benchmark suites: Meta-World, POPGym, BabyAI, Procgen, Atari and XLand-MiniGrid.
 
 Each suite lives in its own module here and imports its library only when one of its
 environments is built, so `import amago2` works without any suite installed; a missing
@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari")
-SUITE_LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py"}
+SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari", "xland")
+SUITE_LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py",
+                 "xland": "xminigrid"}
 """The package each suite module imports (through `require`) to build its envs."""
 
 INSTALL_HINTS = {
