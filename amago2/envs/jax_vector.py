@@ -27,6 +27,7 @@ extras install one).
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -191,6 +192,13 @@ class JaxEnv(gym.Env):
     def reset(self, *, seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
         obs, _ = self._vec.reset(seed=None if seed is None else [int(seed)], options=options)
         return jax.tree.map(lambda x: x[0], obs), {}
+
+    def clone(self) -> "JaxEnv":
+        """A new env (its own state and keys) sharing this one's jitted functions: n clones
+        compile once, where n `JaxEnv(make_functions)` compile n times."""
+        twin = copy.copy(self)
+        twin._vec = copy.copy(self._vec)  # jax arrays are immutable: sharing them until a step replaces them is safe
+        return twin
 
     def step(self, action: Any):
         obs, reward, terminated, truncated, _ = self._vec.step(np.asarray(action)[None])
