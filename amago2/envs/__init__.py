@@ -15,7 +15,8 @@ from amago2.envs.spaces import ActionConverter, ObservationConverter
 from amago2.envs.wrappers import AgentEnv
 from amago2.envs.mixture import TaskMixture
 from amago2.envs.pool import EnvPool, EnvPoolError, StepResult
-from amago2.envs.pool_factory import make_pool
+from amago2.envs.pool_factory import VectorEnvFactory, make_pool
+from amago2.envs.vector_pool import VectorEnvPool
 
 # `import amago2.envs` registers amago2/TMaze-v0, amago2/MetaBandit-v0, amago2/MetaGridworld-v0.
 register_tasks()
@@ -32,6 +33,8 @@ __all__ = [
     "EnvPoolError",
     "StepResult",
     "make_pool",
+    "VectorEnvPool",
+    "VectorEnvFactory",
     "TMaze",
     "MetaBandit",
     "MetaGridworld",

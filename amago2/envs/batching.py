@@ -200,3 +200,38 @@ def check_envs(descriptions: Sequence[Dict[str, Any]]) -> Tuple[spaces.Space, sp
             )
         obs_space = _obs_union(obs_space, d["observation_space"])
     return obs_space, action_space
+
+
+def check_actions(actions: Any, n_envs: int, action_space: spaces.Space, pool: str) -> np.ndarray:
+    """A batch of agent actions as an array of the shape the pool's `step` takes: [n_envs]
+    integers for a Discrete action space, [n_envs, k] integers for a factorised MultiDiscrete,
+    [n_envs, A] float32 for a Box (a torch tensor is
+    moved to the CPU first); anything else is a ValueError saying what was expected."""
+    if not isinstance(actions, np.ndarray) and hasattr(actions, "cpu"):  # a torch tensor
+        actions = actions.cpu().numpy()
+    arr = np.asarray(actions)
+    if isinstance(action_space, spaces.Discrete):
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.shape != (n_envs,) or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(
+                f"{pool}.step expects {n_envs} integer actions (shape ({n_envs},)) for the discrete action "
+                f"space {action_space}; got shape {arr.shape}, dtype {arr.dtype}. Cast with "
+                f".astype(np.int64) / .long() if they are floats."
+            )
+        return arr
+    if isinstance(action_space, spaces.MultiDiscrete):  # factorised: one value per component
+        k = action_space.nvec.size
+        if arr.shape != (n_envs, k) or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(
+                f"{pool}.step expects integer actions of shape ({n_envs}, {k}) for the factorised action "
+                f"space {action_space} (one value per component); got shape {arr.shape}, dtype {arr.dtype}."
+            )
+        return arr
+    dim = action_space.shape[0]
+    arr = arr.astype(np.float32, copy=False)
+    if arr.shape != (n_envs, dim):
+        raise ValueError(
+            f"{pool}.step expects continuous actions of shape ({n_envs}, {dim}) for {action_space}; got shape {arr.shape}."
+        )
+    return arr

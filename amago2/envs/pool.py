@@ -46,10 +46,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import gin
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from amago2.envs.batching import (
     EnvPoolError,
+    check_actions,
     check_envs,
     concat_tokens,
     describe_env,
@@ -178,8 +178,6 @@ class EnvPool:
             self.close()
             raise
         self.env_names: List[str] = [d["name"] for d in descriptions]
-        self._discrete = isinstance(self.action_space, spaces.Discrete)
-        self._factorised = isinstance(self.action_space, spaces.MultiDiscrete)
 
     # ------------------------------------------------------------------ async plumbing
 
@@ -285,43 +283,12 @@ class EnvPool:
         self._needs_reset = False
         return tokens
 
-    def _check_actions(self, actions: Any) -> np.ndarray:
-        if not isinstance(actions, np.ndarray) and hasattr(actions, "cpu"):  # a torch tensor
-            actions = actions.cpu().numpy()
-        arr = np.asarray(actions)
-        if self._discrete:
-            if arr.ndim == 2 and arr.shape[1] == 1:
-                arr = arr[:, 0]
-            if arr.shape != (self.n_envs,) or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(
-                    f"EnvPool.step expects {self.n_envs} integer actions (shape ({self.n_envs},)) for "
-                    f"the discrete action space {self.action_space}; got shape {arr.shape}, dtype "
-                    f"{arr.dtype}. Cast with .astype(np.int64) / .long() if they are floats."
-                )
-        elif self._factorised:
-            k = self.action_space.nvec.size
-            if arr.shape != (self.n_envs, k) or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(
-                    f"EnvPool.step expects integer actions of shape ({self.n_envs}, {k}) for the "
-                    f"factorised action space {self.action_space} (one value per component); got "
-                    f"shape {arr.shape}, dtype {arr.dtype}."
-                )
-        else:
-            dim = self.action_space.shape[0]
-            arr = arr.astype(np.float32, copy=False)
-            if arr.shape != (self.n_envs, dim):
-                raise ValueError(
-                    f"EnvPool.step expects continuous actions of shape ({self.n_envs}, {dim}) for "
-                    f"{self.action_space}; got shape {arr.shape}."
-                )
-        return arr
-
     def step(self, actions: Any) -> StepResult:
         """Step every env with its action; envs whose trial ended are reset (see StepResult)."""
         self._check_open()
         if self._needs_reset:
             raise RuntimeError("EnvPool.step() called before reset(); call reset() first.")
-        arr = self._check_actions(actions)
+        arr = check_actions(actions, self.n_envs, self.action_space, "EnvPool")
         if self.mode == "sync":
             try:
                 out = step_envs(self._envs, arr, 0)

@@ -9,7 +9,7 @@ convert logged data of an offline dataset.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from gymnasium import spaces
@@ -36,11 +36,13 @@ def _one_hot(index: int, n: int) -> np.ndarray:
 
 
 class _Leaf:
-    """One converted array: its output space and the function producing it."""
+    """One converted array: its output space and the function producing it (and, for the
+    entries of an observation, `source`: the env's space it converts)."""
 
     def __init__(self, space: spaces.Space, fn: Callable[[Any], np.ndarray]):
         self.space = space
         self.fn = fn
+        self.source: Optional[spaces.Space] = None
 
 
 def _vector_leaf(space: spaces.Space, where: str) -> _Leaf:
@@ -141,6 +143,7 @@ class ObservationConverter:
         else:
             self._leaves = None
             self._single = self._convert_leaf(space, "observation", name=None)
+            self._single.source = space
             self.space = self._single.space
 
     def _flatten_dict(self, space: spaces.Dict, prefix: Tuple[str, ...]) -> None:
@@ -154,6 +157,7 @@ class ObservationConverter:
                 self._leaves[flat_key] = _Leaf(*self._custom[flat_key])
             else:
                 self._leaves[flat_key] = self._convert_leaf(sub, f"observation['{flat_key}']", name=str(key))
+            self._leaves[flat_key].source = sub
             self._paths[flat_key] = path
 
     def _convert_leaf(self, space: spaces.Space, where: str, name: Optional[str]) -> _Leaf:
@@ -206,6 +210,14 @@ class ObservationConverter:
             return out
 
         return _Leaf(out_space, tokenize)
+
+    def parts(self) -> List[Tuple[Optional[str], Tuple[str, ...], spaces.Space, spaces.Space, Callable[[Any], np.ndarray]]]:
+        """Each converted entry as (flat key or None for a non-Dict space, its path in the env's
+        observation, the env's space of it, the converted space, the function of one value).
+        `amago2.envs.batched_spaces` converts a batch of observations from these."""
+        if self._single is not None:
+            return [(None, (), self._single.source, self._single.space, self._single.fn)]
+        return [(k, self._paths[k], leaf.source, leaf.space, leaf.fn) for k, leaf in self._leaves.items()]
 
     def __call__(self, obs: Any) -> Union[np.ndarray, Dict[str, np.ndarray]]:
         """Convert one observation. Always returns fresh arrays (never the env's buffers),

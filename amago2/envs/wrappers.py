@@ -47,8 +47,7 @@ from gymnasium import spaces
 
 from amago2.envs.action_masks import MASK_KEY, check_mask, mask_entry
 from amago2.envs.spaces import ActionConverter, ObservationConverter, TextTokenizer
-
-Token = Dict[str, Any]
+from amago2.envs.trials import Token, make_token, non_finite_reward_error, trial_end_flags, trial_summary
 
 NEW_TASK_OPTION = "amago2.new_task_option"
 """Metadata flag: the env draws a new task on `reset(options={"new_task": True})`."""
@@ -203,13 +202,7 @@ class AgentEnv(gym.Wrapper):
         converted = self.obs_converter(obs)
         if self.masked and not last:
             check_mask(converted[MASK_KEY], self.agent_action_space, f"{self.env_name}, step {self._time} of episode {self._episode + 1}")
-        return {
-            "obs": converted,
-            "prev_action": prev_action,
-            "prev_reward": np.array(prev_reward, dtype=np.float32),
-            "time": np.array(self._time, dtype=np.int64),
-            "episode_start": np.array(start, dtype=np.bool_),
-        }
+        return make_token(converted, prev_action, prev_reward, self._time, start)
 
     def _begin_episode(self) -> None:
         self._time = 0
@@ -246,11 +239,7 @@ class AgentEnv(gym.Wrapper):
         obs, reward, terminated, truncated, env_info = self.env.step(self.action_converter.to_env(action))
         reward = float(reward)
         if not math.isfinite(reward):
-            raise ValueError(
-                f"{self.env_name} returned a non-finite reward ({reward}) at step {self._time + 1} of episode "
-                f"{self._episode + 1}; a NaN or Inf reward would poison the replay data and the loss. "
-                "Fix the environment (or clip its reward in a gymnasium wrapper)."
-            )
+            raise non_finite_reward_error(self.env_name, reward, self._time + 1, self._episode + 1)
         self._time += 1
         self._returns[-1] += reward
         self._lengths[-1] += 1
@@ -273,23 +262,13 @@ class AgentEnv(gym.Wrapper):
             info["terminal"] = False
             return self._token(obs, prev_action, reward, start=True), reward, False, False, info
 
-        # Termination wins over truncation when an env reports both: nothing follows a
-        # true terminal state, so there is no value to bootstrap.
         # The agent acts on no token that ends the trial, so its mask is not checked.
         token = self._token(obs, prev_action, reward, start=False, last=episode_end)
-        trial_terminated = bool(terminated)
-        trial_truncated = bool(truncated) and not trial_terminated
+        ended_terminal, ended_truncated = trial_end_flags(terminated, truncated)
+        trial_terminated, trial_truncated = bool(ended_terminal), bool(ended_truncated)
         info["terminal"] = trial_terminated
         if episode_end:
             self._running = False
-            score = self._normalized_score
-            info["trial"] = {
-                "task": self.task_name,
-                "returns": list(self._returns),
-                "lengths": list(self._lengths),
-                "episode_index": list(range(len(self._returns))),
-                "success": list(self._success),
-                "normalized": [None if score is None else score(r) for r in self._returns],
-                "terminal": trial_terminated,
-            }
+            info["trial"] = trial_summary(self.task_name, self._returns, self._lengths, self._success,
+                                          self._normalized_score, trial_terminated)  # fmt: skip
         return token, reward, trial_terminated, trial_truncated, info

@@ -1,4 +1,4 @@
-"""The benchmark suites: Meta-World, POPGym, BabyAI, Procgen and Atari.
+"""The benchmark suites: Meta-World, POPGym, BabyAI, Procgen, Atari and XLand-MiniGrid.
 
 Each suite lives in its own module here and imports its library only when one of its
 environments is built, so `import amago2` works without any suite installed; a missing
@@ -15,8 +15,9 @@ import importlib
 from types import ModuleType
 from typing import Iterable
 
-SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari")
-SUITE_LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py"}
+SUITE_MODULES = ("metaworld", "popgym", "babyai", "procgen", "atari", "xland")
+SUITE_LIBRARY = {"metaworld": "metaworld", "popgym": "popgym", "babyai": "minigrid", "procgen": "procgen", "atari": "ale_py",
+                 "xland": "xminigrid"}
 """The package each suite module imports (through `require`) to build its envs."""
 
 INSTALL_HINTS = {
@@ -26,6 +27,9 @@ INSTALL_HINTS = {
     "ale_py": 'pip install -e ".[envs]"  (or: pip install ale-py)',
     "procgen": 'pip install -e ".[procgen]" in its own environment (procgen2 needs numpy<2)',
     "envpool": 'pip install -e ".[envpool]"  (or: pip install envpool)',
+    "xminigrid": 'pip install -e ".[xland]"  (or: pip install xminigrid)',
+    "gymnax": 'pip install -e ".[jax]"  (or: pip install gymnax)',
+    "jax": 'pip install -e ".[jax]"  (or: pip install jax)',
 }
 
 
