@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from amago2.data.replay import ReplayStore
+
+BatchTransform = Callable[[Dict[str, Any], np.random.Generator], Dict[str, Any]]
+"""A function of a sampled numpy batch and a random stream, returning the batch to train on
+(e.g. `amago2.relabel.HindsightRelabel`). It runs where the batch was sampled, before torch."""
 
 
 def to_torch(
@@ -42,7 +46,8 @@ class ReplayDataset(torch.utils.data.IterableDataset):
     store.auto_refresh_s) with its own random stream: SeedSequence([seed, torch's worker
     seed]), so workers never repeat each other's draws, and runs are reproducible under
     torch.manual_seed when `seed` is given. num_batches (per iterator, split across workers)
-    makes it finite.
+    makes it finite. `transform(batch, rng)` is applied to every sampled batch, with the
+    worker's stream (it must then pickle, to reach the workers).
     """
 
     def __init__(
@@ -52,10 +57,11 @@ class ReplayDataset(torch.utils.data.IterableDataset):
         seq_len: int,
         seed: Optional[int] = None,
         num_batches: Optional[int] = None,
+        transform: Optional[BatchTransform] = None,
     ):
         super().__init__()
         self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
-        self.seed, self.num_batches = seed, num_batches
+        self.seed, self.num_batches, self.transform = seed, num_batches, transform
         self._iterations = 0
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
@@ -73,7 +79,8 @@ class ReplayDataset(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(seq)
         produced = 0
         while count is None or produced < count:
-            yield to_torch(store.sample(self.batch_size, self.seq_len, rng))
+            batch = store.sample(self.batch_size, self.seq_len, rng)
+            yield to_torch(batch if self.transform is None else self.transform(batch, rng))
             produced += 1
 
 
@@ -88,6 +95,13 @@ def batch_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
+def transform_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream a batch transform gets for batch `index` of a seeded stream: a child
+    of the batch's seed sequence, so it is a function of the two numbers too, and what the
+    sampler draws never shifts what the transform draws."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]).spawn(1)[0])
+
+
 class Prefetcher:
     """Sample batches in background threads while the learner trains; iterate to get torch batches.
 
@@ -99,6 +113,10 @@ class Prefetcher:
     the first run drew. `n_batches` makes the stream finite; then nothing is sampled past it,
     so a store refreshed after the last batch cannot leak into it. Without a seed the threads
     draw from fresh random streams and batches come as they are ready.
+
+    `transform(batch, rng)` is applied to each numpy batch in the thread that sampled it,
+    before the conversion to torch; with a seed, batch k's transform draws from
+    `transform_rng(seed, k)`, so the transformed stream is a function of the seed too.
 
         with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
             for step, batch in zip(range(n_steps), batches): ...
@@ -117,12 +135,13 @@ class Prefetcher:
         num_threads: int = 1,
         device: Union[str, torch.device, None] = None,
         pin_memory: bool = False,
+        transform: Optional[BatchTransform] = None,
     ):
         if depth < 1 or num_threads < 1:
             raise ValueError(f"depth and num_threads must be >= 1, got {depth} and {num_threads}")
         self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
         self.device, self.pin_memory = device, pin_memory
-        self.seed = seed
+        self.seed, self.transform = seed, transform
         self._queue: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._claim_lock = threading.Lock()
@@ -155,7 +174,10 @@ class Prefetcher:
                 if k is None:
                     return
                 draw = rng if self.seed is None else batch_rng(self.seed, k)
-                batch = to_torch(self.store.sample(self.batch_size, self.seq_len, draw))
+                batch = self.store.sample(self.batch_size, self.seq_len, draw)
+                if self.transform is not None:
+                    batch = self.transform(batch, rng if self.seed is None else transform_rng(self.seed, k))
+                batch = to_torch(batch)
                 if self.pin_memory:
                     batch = _pin(batch)
                 if not self._put((k, batch)):
