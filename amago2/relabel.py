@@ -213,8 +213,8 @@ class HindsightRelabel:
                 "of one episode, but a sampled window holds an inner episode start; set "
                 "HindsightRelabel.compute_terminated = False to keep the stored terminal flags."
             )
-        # Every episode draws three numbers, relabelled or not, so the choices of one window
-        # never shift another's.
+        # Three numbers per episode, relabelled or not, so an episode's switch and goal tokens
+        # do not depend on the ratio.
         u = rng.random((3, len(rows)))
         coin = u[0] if self.per == "episode" else rng.random(mask.shape[0])[rows]
         chosen = (coin < self.ratio) & (last > first)

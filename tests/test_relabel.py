@@ -296,3 +296,19 @@ def test_goal_dependent_termination_in_a_multi_episode_window_is_refused(tmp_pat
     batch = store.sample(8, 12, np.random.default_rng(0))
     with pytest.raises(ValueError, match="compute_terminated = False"):
         bound(3, ratio=1.0)(batch, np.random.default_rng(0))
+
+
+def test_a_relabelled_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
+    """The relabelling holds no state of its own: its draws come from the batch's (seed, k), so
+    the resumed run relabels the batches the uninterrupted one did."""
+    from test_experiment import TINY
+    from test_resume import _assert_same_records, _kill_after_checkpoint, _losses, _start, _train
+
+    config = tmp_path / "her.gin"
+    config.write_text(TINY.replace('"amago2/TMaze-v0"', '"amago2/BitFlip-v0"').replace('{"horizon": 4}', '{"n_bits": 4}')
+                      + "Experiment.relabel = @HindsightRelabel()\nHindsightRelabel.ratio = 1.0\nExperiment.epochs = 8\n")  # fmt: skip
+    _train(config, tmp_path / "ref")
+    killed = tmp_path / "killed"
+    at = _kill_after_checkpoint(_start(config, killed), killed, past=6, extra_s=0.2)
+    _train(config, killed, resume=True)
+    _assert_same_records(_losses(tmp_path / "ref"), _losses(killed), after=at)
