@@ -4,7 +4,7 @@ from amago2.data.atomic_writer import cleanup_temp_files, save_trajectory
 from amago2.data.layout import BATCH_KEYS, TOKEN_KEYS, TRAJECTORY_KEYS
 from amago2.data.replay import ReplayStore, ReplayWarning
 from amago2.data.segments import SegmentWriter, split_segments, write_segments
-from amago2.data.torch_batches import Prefetcher, ReplayDataset, batch_rng, to_torch
+from amago2.data.torch_batches import BatchTransform, Prefetcher, ReplayDataset, batch_rng, to_torch, transform_rng
 from amago2.data.trajectory_format import FORMAT_VERSION, CorruptTrajectoryError, check_trajectory
 from amago2.data.trajectory_reader import TrajectoryFile, load_trajectory, load_trajectory_with_meta, read_metadata
 
@@ -29,5 +29,7 @@ __all__ = [
     "ReplayStore",
     "ReplayWarning",
     "batch_rng",
+    "transform_rng",
+    "BatchTransform",
     "to_torch",
 ]
