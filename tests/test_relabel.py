@@ -306,9 +306,24 @@ def test_a_relabelled_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
 
     config = tmp_path / "her.gin"
     config.write_text(TINY.replace('"amago2/TMaze-v0"', '"amago2/BitFlip-v0"').replace('{"horizon": 4}', '{"n_bits": 4}')
-                      + "Experiment.relabel = @HindsightRelabel()\nHindsightRelabel.ratio = 1.0\nExperiment.epochs = 8\n")  # fmt: skip
+                      + "Experiment.relabel = @HindsightRelabel()\nHindsightRelabel.ratio = 1.0\nExperiment.epochs = 6\n")  # fmt: skip
     _train(config, tmp_path / "ref")
     killed = tmp_path / "killed"
     at = _kill_after_checkpoint(_start(config, killed), killed, past=6, extra_s=0.2)
     _train(config, killed, resume=True)
     _assert_same_records(_losses(tmp_path / "ref"), _losses(killed), after=at)
+
+
+@pytest.mark.slow
+def test_bit_flipping_is_learned_with_relabelling_and_not_without(tmp_path, clean_gin):
+    """examples/her.py on gin/bitflip.gin (6 bits), seed 0. Measured (docs/relabelling.md): final
+    greedy success 0.97-1.0 over 3 seeds with relabelling; random flips succeed in 7.9%."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "her.py"
+    spec = importlib.util.spec_from_file_location("her_example", path)
+    her = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(her)
+    results = her.main(["--seeds", "0", "--run-dir", str(tmp_path), "--bind", "Experiment.use_wandb = False"])
+    assert results["relabelled"][0] >= 0.8, results
+    assert results["not relabelled"][0] <= 0.3, results
