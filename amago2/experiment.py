@@ -44,6 +44,7 @@ from amago2.learner import Learner, NonFiniteLossError
 from amago2.logger import RunLogger
 from amago2.malloc import tune_glibc_malloc
 from amago2.progress import EpochProgress
+from amago2.relabel import HindsightRelabel
 from amago2.run_checkpoints import CheckpointedRun
 from amago2.run_control import StopRequest
 from amago2.seeding import seed_everything
@@ -78,6 +79,8 @@ class Experiment(CheckpointedRun):
     less one; see `amago2.cpu_threads`).
     Evaluation acts greedily (logged as `return/...`) and, with `eval_sampled`, also with
     sampled actions (`return_sampled/...`).
+    `relabel`: a `HindsightRelabel` (gin: `Experiment.relabel = @HindsightRelabel()`) applied to
+    every training batch, for goal-conditioned tasks (docs/relabelling.md).
     `max_minutes`: a wall-clock budget; when it runs out the run ends as its last epoch does
     (evaluation, checkpoint, summary). SIGTERM / SIGINT end it the same way, without the
     evaluation (see `amago2.run_control`). `exact_resume`: checkpoints also snapshot the envs
@@ -131,6 +134,7 @@ class Experiment(CheckpointedRun):
         exact_resume: bool = True,
         train_threads: Optional[int] = None,
         max_minutes: Optional[float] = None,
+        relabel: Optional[HindsightRelabel] = None,
     ):
         if env_mode not in ("sync", "async"):
             raise ValueError(f"Experiment.env_mode must be 'sync' or 'async', got {env_mode!r}")
@@ -189,6 +193,9 @@ class Experiment(CheckpointedRun):
         )
         self.exploration = make_exploration(exploration, eps_start=explore_eps_start, eps_end=explore_eps_end,
                                             anneal_env_steps=explore_anneal_env_steps, trial_steps=max_seq_len - 1)  # fmt: skip
+        # Bound to one env of its own (for the reward function); a function of the batch's
+        # stream, so relabelled batches stay a function of (seed, k) and the store.
+        self.relabel = relabel.for_run(train_env, trial_episodes, self.env_kwargs) if relabel is not None else None
         self.collector = Collector(self.train_pool, self.store, self.max_segment_len, self.device, seed=seed + 31 * self.rank,
                                    act_threads=act_threads, exploration=self.exploration)  # fmt: skip
         self.epoch = 0
@@ -225,8 +232,9 @@ class Experiment(CheckpointedRun):
         first = self.updates * self.learner.accum_steps
         # On a GPU the threads pin each batch, so that its copy to the device is asynchronous.
         return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
+        return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
                           first_batch=first, n_batches=n_batches, batches_per_update=self.learner.accum_steps,
-                          device=self.device, pin_memory=self.device.type == "cuda")  # fmt: skip
+                          device=self.device, pin_memory=self.device.type == "cuda", transform=self.relabel)  # fmt: skip
 
     # ------------------------------------------------------------------- phases
     def update(self, batches) -> Dict[str, float]:

@@ -43,3 +43,11 @@ def test_minimal_loop_learns_the_tmaze():
     """The script's defaults (horizon 20, 1,000 updates); seed 0 reached 0.98 from 800 updates."""
     result = _minimal_loop().main([])
     assert result["final_return"] >= 0.8, result["history"]
+
+
+def test_her_example_runs_both_variants(tmp_path):
+    out = run_example("her.py", tmp_path / "runs", timeout=300)
+    for name in ("relabelled", "not relabelled"):
+        assert re.search(rf"^{name}, seed 0: final greedy success \d\.\d{{3}}$", out.stdout, re.M), out.stdout
+    assert (tmp_path / "runs" / "relabelled-seed0" / "metrics.jsonl").exists()
+    assert (tmp_path / "runs" / "not_relabelled-seed0" / "metrics.jsonl").exists()

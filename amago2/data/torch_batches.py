@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from amago2.data.replay import ReplayStore
+
+BatchTransform = Callable[[Dict[str, Any], np.random.Generator], Dict[str, Any]]
+"""A function of a sampled numpy batch and a random stream, returning the batch to train on
+(e.g. `amago2.relabel.HindsightRelabel`). It runs where the batch was sampled, before torch."""
 
 
 def to_torch(
@@ -44,7 +48,9 @@ class ReplayDataset(torch.utils.data.IterableDataset):
     torch.manual_seed when `seed` is given. num_batches (per iterator, split across workers)
     makes it finite. Batches are drawn at update 0 of a store's mixture schedule, and with
     `sampling="inverse_count"` each worker counts its own draws in its own copy (those
-    counts are not merged back into the store, nor checkpointed).
+    counts are not merged back into the store, nor checkpointed). `transform(batch, rng)` is
+    applied to every sampled batch, with the worker's stream (it must then pickle, to reach
+    the workers).
     """
 
     def __init__(
@@ -54,10 +60,11 @@ class ReplayDataset(torch.utils.data.IterableDataset):
         seq_len: int,
         seed: Optional[int] = None,
         num_batches: Optional[int] = None,
+        transform: Optional[BatchTransform] = None,
     ):
         super().__init__()
         self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
-        self.seed, self.num_batches = seed, num_batches
+        self.seed, self.num_batches, self.transform = seed, num_batches, transform
         self._iterations = 0
 
     def __iter__(self) -> Iterator[Dict[str, torch.Tensor]]:
@@ -75,7 +82,8 @@ class ReplayDataset(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(seq)
         produced = 0
         while count is None or produced < count:
-            yield to_torch(store.sample(self.batch_size, self.seq_len, rng))
+            batch = store.sample(self.batch_size, self.seq_len, rng)
+            yield to_torch(batch if self.transform is None else self.transform(batch, rng))
             produced += 1
 
 
@@ -88,6 +96,13 @@ def batch_rng(seed: int, index: int) -> np.random.Generator:
     """The random stream of batch number `index` of a seeded stream: a function of the two
     numbers alone, so batch k is the same whichever thread samples it and whenever."""
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def transform_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream a batch transform gets for batch `index` of a seeded stream: a child
+    of the batch's seed sequence, so it is a function of the two numbers too, and what the
+    sampler draws never shifts what the transform draws."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]).spawn(1)[0])
 
 
 class Prefetcher:
@@ -108,6 +123,10 @@ class Prefetcher:
     batch is counted as it is drawn; `close` takes back the batches drawn but never handed
     out, so the store's counts are those of the batches used, as with `store.sample` in a loop.
 
+    `transform(batch, rng)` is applied to each numpy batch in the thread that sampled it,
+    before the conversion to torch; with a seed, batch k's transform draws from
+    `transform_rng(seed, k)`, so the transformed stream is a function of the seed too.
+
         with Prefetcher(store, 24, 128, seed=0, device="cuda") as batches:
             for step, batch in zip(range(n_steps), batches): ...
     """
@@ -126,6 +145,7 @@ class Prefetcher:
         device: Union[str, torch.device, None] = None,
         pin_memory: bool = False,
         batches_per_update: int = 1,
+        transform: Optional[BatchTransform] = None,
     ):
         if depth < 1 or num_threads < 1 or batches_per_update < 1:
             raise ValueError(
@@ -133,7 +153,7 @@ class Prefetcher:
             )
         self.store, self.batch_size, self.seq_len = store, batch_size, seq_len
         self.device, self.pin_memory = device, pin_memory
-        self.seed = seed
+        self.seed, self.transform = seed, transform
         self.batches_per_update = batches_per_update
         self._in_order = store.draws_depend_on_earlier
         self._uncounted: Dict[int, Any] = {}  # batch number -> its draws, counted but not handed out yet
@@ -183,6 +203,8 @@ class Prefetcher:
                     if k is None:
                         return
                     batch = self._draw(k, rng if self.seed is None else batch_rng(self.seed, k))
+                if self.transform is not None:
+                    batch = self.transform(batch, rng if self.seed is None else transform_rng(self.seed, k))
                 batch = to_torch(batch)
                 if self.pin_memory:
                     batch = _pin(batch)

@@ -77,8 +77,9 @@ def _make_vector_pool(env: Any, n_envs: int, mode: str, trial_episodes: int, see
     return VectorEnvPool(vec, trial_episodes=trial_episodes, env_name=name, seed=seed)
 
 
-def _build_agent_env(spec: EnvSpec, trial_episodes: int, env_kwargs: Dict[str, Any]) -> AgentEnv:
-    """One env of make_pool (module-level so that it pickles without cloudpickle)."""
+def build_agent_env(spec: EnvSpec, trial_episodes: int, env_kwargs: Dict[str, Any]) -> AgentEnv:
+    """One env of make_pool, or one built alone with the same spec (module-level so that it
+    pickles without cloudpickle)."""
     env = gym.make(spec, **env_kwargs) if isinstance(spec, str) else spec(**env_kwargs)
     if isinstance(env, AgentEnv):
         return env  # already wrapped: its own trial_episodes and name stand
@@ -150,7 +151,7 @@ def make_pool(
             )
     kwargs = dict(env_kwargs or {})
     fns = [
-        functools.partial(_build_agent_env, entries[i % len(entries)], int(trial_episodes), kwargs)
+        functools.partial(build_agent_env, entries[i % len(entries)], int(trial_episodes), kwargs)
         for i in range(int(n_envs))
     ]
     return EnvPool(fns, mode=mode, n_workers=n_workers, seed=seed)

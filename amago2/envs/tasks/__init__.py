@@ -1,4 +1,4 @@
-"""Small tasks that need memory (TMaze) or in-context learning (MetaBandit, MetaGridworld).
+"""Small tasks that need memory (TMaze), in-context learning (MetaBandit, MetaGridworld) or hindsight relabelling (BitFlip).
 
 They run in microseconds per step, so learning curves fit on a CPU, and each comes with
 reference returns that say what memory is worth:
@@ -9,7 +9,10 @@ reference returns that say what memory is worth:
 | `MetaBandit(n_arms, pulls)`, one good arm | pulls * good_mean (oracle) | pulls * (prior mean of an arm) |
 | `MetaGridworld(size, max_steps)` | 1.0 per episode (oracle, default sizes) | at most max_steps / (size**2 - 1) per episode |
 
-One module per task (`tmaze`, `bandit`, `gridworld`; `actions` holds two action-space
+and BitFlip, a goal-conditioned task (no memory needed) whose reference is a success rate:
+optimal 1.0, uniformly random flips 0.0087 with 10 bits (`bitflip_reference_returns`).
+
+One module per task (`tmaze`, `bandit`, `gridworld`, `bitflip`; `actions` holds two action-space
 checks, MaskedChoice and ComponentMatch, that need no memory), each with its reference and baseline
 returns; `base` holds the protocol of the tasks whose hidden task persists across resets
 (MetaBandit, MetaGridworld: see there). This package exports them all and registers them
@@ -22,6 +25,7 @@ from __future__ import annotations
 import gymnasium as gym
 
 from amago2.envs.tasks.actions import MASKED_CHOICE_OPTIMAL_STEP, ComponentMatch, MaskedChoice
+from amago2.envs.tasks.bitflip import BitFlip, bitflip_reference_returns
 from amago2.envs.tasks.bandit import BANDIT_PRIORS, MetaBandit, bandit_baseline_returns, bandit_reference_returns
 from amago2.envs.tasks.gridworld import MetaGridworld, gridworld_baseline_returns, gridworld_reference_returns
 from amago2.envs.tasks.tmaze import TMaze, tmaze_reference_returns
@@ -33,6 +37,7 @@ __all__ = [
     "MaskedChoice",
     "ComponentMatch",
     "MASKED_CHOICE_OPTIMAL_STEP",
+    "BitFlip",
     "BANDIT_PRIORS",
     "TASK_IDS",
     "register_tasks",
@@ -41,6 +46,7 @@ __all__ = [
     "bandit_baseline_returns",
     "gridworld_reference_returns",
     "gridworld_baseline_returns",
+    "bitflip_reference_returns",
 ]
 
 TASK_IDS = {
@@ -49,6 +55,7 @@ TASK_IDS = {
     "amago2/MetaGridworld-v0": "amago2.envs.tasks:MetaGridworld",
     "amago2/MaskedChoice-v0": "amago2.envs.tasks:MaskedChoice",
     "amago2/ComponentMatch-v0": "amago2.envs.tasks:ComponentMatch",
+    "amago2/BitFlip-v0": "amago2.envs.tasks:BitFlip",
 }
 
 
