@@ -232,7 +232,6 @@ class Experiment(CheckpointedRun):
         first = self.updates * self.learner.accum_steps
         # On a GPU the threads pin each batch, so that its copy to the device is asynchronous.
         return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
-        return Prefetcher(self.store, self.batch_size, self.max_seq_len, seed=self.seed + 7919 * (self.rank + 1),
                           first_batch=first, n_batches=n_batches, batches_per_update=self.learner.accum_steps,
                           device=self.device, pin_memory=self.device.type == "cuda", transform=self.relabel)  # fmt: skip
 
