@@ -61,3 +61,25 @@ def read_trained_run(run_dir):
     assert train, "the run logged no training epoch"
     assert all(math.isfinite(r[k]) for r in train for k in ("loss", "critic_loss", "actor_loss")), train
     return records, train
+
+
+def scripted_tmaze_trials(n: int = 6) -> list:
+    """n trials of TMaze(horizon=4) played by a script (forward, then turn 1 + episode % 2),
+    each as a trajectory dict of stacked tokens in the layout of amago2/data/layout.py."""
+    import numpy as np
+
+    from amago2.envs import AgentEnv
+    from amago2.envs.tasks import TMaze
+
+    env = AgentEnv(TMaze(horizon=4))
+    trials = []
+    for episode in range(n):
+        token, _ = env.reset(seed=episode)
+        tokens, done = [dict(token, terminal=False)], False
+        while not done:
+            action = 0 if token["obs"][1] == 0 else 1 + episode % 2
+            token, _, term, trunc, _ = env.step(action)
+            done = term or trunc
+            tokens.append(dict(token, terminal=term))
+        trials.append({k: np.stack([t[k] for t in tokens]) for k in tokens[0]})
+    return trials

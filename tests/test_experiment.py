@@ -19,6 +19,7 @@ from amago2.checkpoint import checkpoint_paths
 from amago2.data.replay import ReplayStore
 from amago2.data.trajectory_reader import load_trajectory
 from amago2.logger import read_metrics
+from conftest import scripted_tmaze_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,22 +147,12 @@ def test_a_run_killed_with_sigkill_resumes_where_it_was(tiny_config, tmp_path):
 
 
 def test_offline_training_uses_only_the_dataset(tmp_path, clean_gin):
-    from amago2.envs import AgentEnv
-    from amago2.envs.tasks import TMaze
     from amago2.experiment import Experiment
 
     data = tmp_path / "data"
     store = ReplayStore(data, 10**9)
-    env = AgentEnv(TMaze(horizon=4))
-    for episode in range(6):  # a scripted policy: forward, then a random turn
-        token, _ = env.reset(seed=episode)
-        tokens, done = [dict(token, terminal=False)], False
-        while not done:
-            action = 0 if token["obs"][1] == 0 else 1 + episode % 2
-            token, _, term, trunc, _ = env.step(action)
-            done = term or trunc
-            tokens.append(dict(token, terminal=term))
-        store.add({k: np.stack([t[k] for t in tokens]) for k in tokens[0]})
+    for trial in scripted_tmaze_trials(6):  # a scripted policy: forward, then a random turn
+        store.add(trial)
     gin.parse_config(TINY)
     exp = Experiment(run_dir=tmp_path / "run", offline=True, protected_dirs=[str(data / "fifo")], epochs=2, eval_every_epochs=0)
     exp.run()

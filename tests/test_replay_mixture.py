@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from amago2.data import Prefetcher, ReplayStore, ReplayWarning, SourceMixture, batch_rng, save_trajectory
+from conftest import scripted_tmaze_trials
 from test_replay import make_traj
 
 # Upper 0.1% points of the chi-square distribution (df -> critical value): a correct
@@ -283,19 +284,8 @@ def test_the_prefetcher_draws_and_counts_in_order_like_a_loop(tmp_path):
 
 def tmaze_demos(directory: Path, n: int = 6) -> Path:
     """Scripted TMaze(horizon=4) trials (forward, then a turn) as trajectory files."""
-    from amago2.envs import AgentEnv
-    from amago2.envs.tasks import TMaze
-
-    env = AgentEnv(TMaze(horizon=4))
-    for episode in range(n):
-        token, _ = env.reset(seed=episode)
-        tokens, done = [dict(token, terminal=False)], False
-        while not done:
-            action = 0 if token["obs"][1] == 0 else 1 + episode % 2
-            token, _, term, trunc, _ = env.step(action)
-            done = term or trunc
-            tokens.append(dict(token, terminal=term))
-        save_trajectory(directory, {k: np.stack([t[k] for t in tokens]) for k in tokens[0]}, fsync=False)
+    for trial in scripted_tmaze_trials(n):
+        save_trajectory(directory, trial, fsync=False)
     return directory
 
 
