@@ -102,8 +102,24 @@ class StepResult:
 # --------------------------------------------------------------------------------------
 
 
+class ClosesOnExit:
+    """A pool's lifetime: `with pool:` closes it (its `close`) on leaving, and so does garbage collection."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit modules may already be torn down
+            pass
+
+
 @gin.configurable
-class EnvPool:
+class EnvPool(ClosesOnExit):
     """n `AgentEnv`s stepped as a batch, each reset automatically when its trial ends.
 
     Args:
@@ -368,18 +384,6 @@ class EnvPool:
             except Exception:
                 pass
         self._procs, self._conns = [], []
-
-    def __enter__(self) -> "EnvPool":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # at interpreter exit modules may already be torn down
-            pass
 
     def __repr__(self) -> str:
         return f"EnvPool(n_envs={self.n_envs}, mode={self.mode!r}, tasks={sorted(set(self.env_names))})"

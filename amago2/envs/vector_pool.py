@@ -53,7 +53,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from amago2.envs.action_masks import MASK_KEY
 from amago2.envs.batched_spaces import BatchActionConverter, BatchObservationConverter
 from amago2.envs.batching import check_actions
-from amago2.envs.pool import StepResult
+from amago2.envs.pool import ClosesOnExit, StepResult
 from amago2.envs.spaces import ActionConverter, ObservationConverter, TextTokenizer
 from amago2.envs.trials import Token, make_token, non_finite_reward_error, trial_end_flags, trial_summary
 from amago2.envs.wrappers import NEW_TASK_OPTION, find_attr
@@ -108,7 +108,7 @@ def _check_batchable(env: Any, action_converter: ActionConverter) -> None:
 
 
 @gin.configurable
-class VectorEnvPool:
+class VectorEnvPool(ClosesOnExit):
     """`EnvPool`'s interface over one batched env of n sub-envs (see the module docstring).
 
     Args:
@@ -372,18 +372,6 @@ class VectorEnvPool:
                 self.vec.close()
             except Exception:
                 pass
-
-    def __enter__(self) -> "VectorEnvPool":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # at interpreter exit modules may already be torn down
-            pass
 
     def __repr__(self) -> str:
         return f"VectorEnvPool(n_envs={self.n_envs}, env={self.env_name!r}, autoreset={self.autoreset_mode.name})"
