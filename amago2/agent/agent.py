@@ -236,6 +236,12 @@ class Agent(nn.Module):
         ]
         return torch.stack(qs).mean(0)
 
+    def sampled_state_value(self, s: torch.Tensor, policy, n_samples: int) -> torch.Tensor:
+        """V_g(s) = E_{a ~ pi_g(s)} Q_g(s, a), [N, G], for actions the critic takes as input
+        (continuous, factorised): the online ensemble's mean over `n_samples` policy samples."""
+        qs = [self._values(self.critic.forward_per_gamma(s, policy.sample())).mean(0) for _ in range(n_samples)]
+        return torch.stack(qs).mean(0)
+
     def filter_weights(self, adv: torch.Tensor) -> torch.Tensor:
         """w(A) for filtered behaviour cloning."""
         if self.actor_filter == "binary":
@@ -319,9 +325,7 @@ class Agent(nn.Module):
                 v = (fixed_policy.probs * q_all).sum(-1)
             else:
                 q_taken = self._values(q_out.detach()).mean(0)  # [N, G]
-                v = torch.stack(
-                    [self._values(self.critic.forward_per_gamma(s_sg, fixed_policy.sample())).mean(0) for _ in range(self.n_action_samples)]
-                ).mean(0)
+                v = self.sampled_state_value(s_sg, fixed_policy, self.n_action_samples)
             adv = q_taken - v
             weights = self.filter_weights(adv)
         if self.discrete:

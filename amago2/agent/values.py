@@ -55,9 +55,7 @@ def value_estimates(agent, batch: Dict[str, object], n_action_samples: int = 16)
             out["q_all"] = q_all.view(B, L, *q_all.shape[1:])
         else:
             q = agent._values(agent.critic.forward_per_gamma(flat, a.unsqueeze(1).expand(-1, len(agent.gamma_values), -1))).mean(0)
-            v = torch.stack(
-                [agent._values(agent.critic.forward_per_gamma(flat, policy.sample())).mean(0) for _ in range(n_action_samples)]
-            ).mean(0)
+            v = agent.sampled_state_value(flat, policy, n_action_samples)
         out.update(
             q=q.view(B, L, -1), v=v.view(B, L, -1), advantage=(q - v).view(B, L, -1),
             mask=batch["mask"][:, 1:].bool(), gammas=agent.gammas.detach().clone(),
