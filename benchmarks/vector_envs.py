@@ -63,7 +63,9 @@ def write_section(rows: list, args: argparse.Namespace) -> str:
         "`EnvPool` of single `JaxEnv`s. "
         + ("**Measured under load from other jobs on the shared machine**: read the ratios, not the absolute rates."
            if args.loaded else "Measured with no other job running on the machine.")
-        + "\n\n" + table + "\n"
+        + "\n\n" + table + "\n\n"
+        "The per-env pool makes one jitted call per env and step, so its rate stays flat as envs are "
+        "added; the batched pool makes one call for all of them. At one env the two do the same work.\n"
     )
     if not args.no_docs:
         write_docs_section("vector_envs", body)

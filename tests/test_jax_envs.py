@@ -83,3 +83,22 @@ def test_pickled_vector_env_rebuilds_with_its_keys():
         a, b = vec.step(np.array([1, 0])), copy.step(np.array([1, 0]))
         for x, y in zip(a[:4], b[:4]):
             assert_same(x, y)
+
+
+def test_clones_share_the_compiled_step_and_keep_their_own_state():
+    base = gymnax_env(ENV)
+    base.reset(seed=3)
+    twin = base.clone()
+    # One set of jitted functions: n clones compile once (a copy through pickling would rebuild them).
+    assert twin._vec._step_fn is base._vec._step_fn and twin._vec._reset_fn is base._vec._reset_fn
+    fresh = gymnax_env(ENV)
+    twin.reset(seed=11), fresh.reset(seed=11)
+    before = base._vec.state_dict()
+    for t in range(20):
+        a, b = twin.step(t % 2), fresh.step(t % 2)
+        for x, y in zip(a[:4], b[:4]):
+            assert_same(x, y)
+        if a[2] or a[3]:
+            twin.reset(), fresh.reset()
+    for x, y in zip(before["keys"], base._vec.state_dict()["keys"]):
+        assert_same(x, y)  # stepping the clone left the original untouched

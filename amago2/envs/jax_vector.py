@@ -197,7 +197,11 @@ class JaxEnv(gym.Env):
         """A new env (its own state and keys) sharing this one's jitted functions: n clones
         compile once, where n `JaxEnv(make_functions)` compile n times."""
         twin = copy.copy(self)
-        twin._vec = copy.copy(self._vec)  # jax arrays are immutable: sharing them until a step replaces them is safe
+        # Not copy.copy(self._vec): that goes through __getstate__/__setstate__, which re-runs
+        # __init__ and so builds (and later compiles) new jitted functions. jax arrays are
+        # immutable, so sharing them until a step replaces them is safe.
+        twin._vec = object.__new__(JaxVectorEnv)
+        twin._vec.__dict__.update(self._vec.__dict__)
         return twin
 
     def step(self, action: Any):
