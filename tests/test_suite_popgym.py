@@ -304,3 +304,39 @@ def test_a_tiny_experiment_trains_on_a_popgym_mixture(tmp_path, clean_gin):
     logged_games -= {"all", "task_mean"}
     assert logged_games and logged_games <= set(games)
     assert result["trials"] >= 2 and math.isfinite(result["normalized/task_mean"])
+
+
+@needs_popgym
+def test_reward_scales_multiply_rewards_and_normalized_metrics_undo_them():
+    from amago2.collect import TrialStats
+
+    games = ["RepeatPreviousEasy", "CountRecallEasy"]
+    scales = {"CountRecallEasy": 100.0}
+
+    def play(reward_scales):
+        env = AgentEnv(gym.make(P.MULTITASK_ID, games=games, reward_scales=reward_scales))
+        stats, rng, per_step = TrialStats(), np.random.default_rng(0), []
+        for seed in range(6):
+            token, info = env.reset(seed=seed)
+            done = False
+            while not done:
+                _, r, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+                per_step.append((env.task_name, r))
+                done = terminated or truncated
+            stats.add(env.env_name, info["trial"])
+        return per_step, stats.summary()
+
+    plain_steps, plain = play(None)
+    scaled_steps, scaled = play(scales)
+    # Same seeds and actions, so the same episodes: each reward scaled by its game's factor.
+    assert [t for t, _ in plain_steps] == [t for t, _ in scaled_steps]
+    for (task, r0), (_, r1) in zip(plain_steps, scaled_steps):
+        assert r1 == pytest.approx(r0 * scales.get(task, 1.0))
+    assert scaled["return/CountRecallEasy"] == pytest.approx(100 * plain["return/CountRecallEasy"])
+    assert scaled["return/RepeatPreviousEasy"] == pytest.approx(plain["return/RepeatPreviousEasy"])
+    for game in games:
+        assert scaled[f"normalized/{game}"] == pytest.approx(plain[f"return/{game}"])
+    with pytest.raises(ValueError, match="not among the games"):
+        gym.make(P.MULTITASK_ID, games=games, reward_scales={"BattleshipEasy": 10.0})
+    with pytest.raises(ValueError, match="positive finite"):
+        P.make_popgym("RepeatPreviousEasy", reward_scale=0.0)

@@ -38,8 +38,9 @@ seeded reset (mazelib draws from them), so they are left out of the default mult
 from __future__ import annotations
 
 import difflib
+import math
 import warnings
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import gin
 import gymnasium as gym
@@ -196,23 +197,34 @@ class POPGymGame(gym.Wrapper):
         discrete_actions: expose a Discrete action space: MultiDiscrete actions flattened
             row-major, Box actions as `box_action_bins` evenly spaced values per dimension.
             A mixture needs this; a single game does not (AgentEnv converts its spaces).
+        reward_scale: multiplies every reward (for studies of tasks whose returns differ in
+            scale); `normalized/<name>` metrics then report the unscaled return.
     """
 
     def __init__(
-        self, env: gym.Env, name: str, discrete_actions: bool = False, box_action_bins: int = DEFAULT_BOX_ACTION_BINS
+        self,
+        env: gym.Env,
+        name: str,
+        discrete_actions: bool = False,
+        box_action_bins: int = DEFAULT_BOX_ACTION_BINS,
+        reward_scale: float = 1.0,
     ):
         super().__init__(env)
-        self.task_name = name
+        if not (math.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"POPGymGame({name}): reward_scale must be a positive finite number, got {reward_scale!r}")
+        self.task_name, self.reward_scale = name, float(reward_scale)
         self._to_env: Optional[Callable[[Any], Any]] = None
         if discrete_actions:
             self.action_space, self._to_env = _discrete_actions(env.action_space, box_action_bins)
 
     def normalized_score(self, episode_return: float) -> float:
-        """POPGym's normalised score: the raw return, already scaled by popgym (see the module docstring)."""
-        return float(episode_return)
+        """POPGym's normalised score: the return popgym itself would pay (already scaled to
+        [-1, 1] by popgym, see the module docstring), i.e. with `reward_scale` undone."""
+        return float(episode_return) / self.reward_scale
 
     def step(self, action: Any):
-        return self.env.step(action if self._to_env is None else self._to_env(action))
+        obs, reward, terminated, truncated, info = self.env.step(action if self._to_env is None else self._to_env(action))
+        return obs, reward * self.reward_scale, terminated, truncated, info
 
 
 def _popgym_class(name: str) -> type:
@@ -232,7 +244,7 @@ def _popgym_class(name: str) -> type:
 
 @gin.configurable
 def make_popgym(
-    name: str, discrete_actions: bool = False, box_action_bins: int = DEFAULT_BOX_ACTION_BINS
+    name: str, discrete_actions: bool = False, box_action_bins: int = DEFAULT_BOX_ACTION_BINS, reward_scale: float = 1.0
 ) -> POPGymGame:
     """Build one POPGym environment by name, e.g. make_popgym("RepeatPreviousEasy").
 
@@ -244,7 +256,7 @@ def make_popgym(
         # module docstring and docs/suites/popgym.md say so once.
         warnings.filterwarnings("ignore", message="Maze environments", category=DeprecationWarning)
         env = cls()
-    return POPGymGame(env, name, discrete_actions=discrete_actions, box_action_bins=box_action_bins)
+    return POPGymGame(env, name, discrete_actions=discrete_actions, box_action_bins=box_action_bins, reward_scale=reward_scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -257,6 +269,7 @@ def make_popgym_multitask(
     games: Union[None, str, Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
     box_action_bins: int = DEFAULT_BOX_ACTION_BINS,
+    reward_scales: Optional[Mapping[str, float]] = None,
 ) -> TaskMixture:
     """A `TaskMixture` that plays a game drawn from `games` in every trial.
 
@@ -267,6 +280,9 @@ def make_popgym_multitask(
         box_action_bins: torques per dimension for the Pendulum games when the set also
             holds discrete games (one Discrete action space must serve all); a set of
             Pendulums only keeps their continuous actions.
+        reward_scales: {game: factor} multiplying that game's rewards (default 1 for every
+            game), to mix tasks whose returns differ by orders of magnitude; `return/<game>`
+            is then the scaled return and `normalized/<game>` the unscaled one.
 
     Observations of every game are converted to flat vectors (one-hots for the discrete
     spaces) and zero-padded to the longest; actions share Discrete(max n) and a game with
@@ -274,18 +290,24 @@ def make_popgym_multitask(
     """
     names = resolve_games(games)
     discrete = any(_split(n)[0] not in CONTINUOUS_GAMES for n in names)
-    factories = {n: _GameFactory(n, discrete, box_action_bins) for n in names}
+    scales = dict(reward_scales or {})
+    unknown = sorted(set(scales) - set(names))
+    if unknown:
+        raise ValueError(f"make_popgym_multitask: reward_scales names {unknown}, which are not among the games {list(names)}")
+    factories = {n: _GameFactory(n, discrete, box_action_bins, scales.get(n, 1.0)) for n in names}
     return TaskMixture(factories, weights=weights)
 
 
 class _GameFactory:
     """A zero-argument factory of one game (a class rather than a lambda so that it pickles)."""
 
-    def __init__(self, name: str, discrete_actions: bool, box_action_bins: int):
+    def __init__(self, name: str, discrete_actions: bool, box_action_bins: int, reward_scale: float = 1.0):
         self.name, self.discrete_actions, self.box_action_bins = name, discrete_actions, box_action_bins
+        self.reward_scale = reward_scale
 
     def __call__(self) -> POPGymGame:
-        return make_popgym(self.name, discrete_actions=self.discrete_actions, box_action_bins=self.box_action_bins)
+        return make_popgym(self.name, discrete_actions=self.discrete_actions, box_action_bins=self.box_action_bins,
+                           reward_scale=self.reward_scale)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
