@@ -1,0 +1,187 @@
+"""The protocols of benchmarks/learning.py: task, budget, variants, reference scores.
+
+A protocol's budget is the gin config plus its `binds`; a variant adds its own config or
+binds (the trajectory encoder, or an agent option under study). Every variant of a protocol
+runs on the same budget and seeds. References are scores measured or derived in this
+project (random play, the best policy without memory, the optimum), and published scores
+where a paper gives them, with their source in the protocol's notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    config: Optional[str] = None  # replaces the protocol's gin config when set
+    binds: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    title: str
+    description: str
+    config: str
+    binds: Tuple[str, ...]
+    variants: Tuple[Variant, ...]
+    metric: str = "return/all"
+    extra_metrics: Tuple[str, ...] = ()
+    references: Dict[str, float] = field(default_factory=dict)
+    threshold: Optional[float] = None  # reported: how many seeds reach it, and after how many updates
+    notes: str = ""
+
+
+def popgym_encoders(game: str) -> Tuple[Variant, ...]:
+    """transformer, mamba and retention, each from its shipped POPGym config."""
+    env = f'Experiment.train_env = "amago2/POPGym-{game}-v0"'
+    return tuple(Variant(kind, f"gin/suites/popgym/{kind}.gin", (env,)) for kind in ("transformer", "mamba", "retention"))
+
+
+POPGYM_SOURCE = (
+    "POPGym's published scores are the GRU column of the POPGym paper (Morad et al., ICLR 2023, "
+    "appendix table of MMER: the best mean episode return reached during training, 15M env steps "
+    "of RLlib PPO, 3 trials), as transcribed in a third-party repository; we could not open the "
+    "paper's table itself to check them. MMER is a maximum over training, ours the final greedy "
+    "evaluation, after about 1,000 times fewer env steps."
+)
+
+PROTOCOLS: Dict[str, Protocol] = {}
+
+
+def _add(p: Protocol) -> None:
+    PROTOCOLS[p.name] = p
+
+
+_add(Protocol(
+    name="popgym-repeat-previous",
+    title="POPGym RepeatPreviousEasy",
+    description="Name the suit of the card dealt 4 steps earlier; 51-step episodes. The shipped "
+                "`gin/suites/popgym/<encoder>.gin` at its own budget (30 epochs of 40 updates, 8 envs).",
+    config="gin/suites/popgym/base.gin", binds=(), variants=popgym_encoders("RepeatPreviousEasy"),
+    references={"random": -0.5, "optimal": 1.0, "POPGym GRU (MMER)": 1.0}, threshold=0.9, notes=POPGYM_SOURCE,
+))  # fmt: skip
+
+_add(Protocol(
+    name="popgym-count-recall",
+    title="POPGym CountRecallEasy",
+    description="Cards are dealt; when asked, name how many times the queried card was dealt so far; "
+                "51-step episodes. The shipped POPGym configs with 60 epochs (2,400 updates).",
+    config="gin/suites/popgym/base.gin", binds=("Experiment.epochs = 60", "Experiment.explore_anneal_env_steps = 20000"),
+    variants=popgym_encoders("CountRecallEasy"),
+    references={"random": -0.93, "optimal": 1.0, "POPGym GRU (MMER)": 0.177}, notes=POPGYM_SOURCE,
+))  # fmt: skip
+
+_add(Protocol(
+    name="popgym-autoencode",
+    title="POPGym AutoencodeEasy",
+    description="Watch a sequence of cards, then play it back in reverse order; 103-step episodes. "
+                "The shipped POPGym configs with a 128-token window, one episode per env per epoch, "
+                "30 epochs (1,200 updates).",
+    config="gin/suites/popgym/base.gin",
+    binds=("Experiment.max_seq_len = 128", "Experiment.env_steps_per_epoch = 104", "Experiment.explore_anneal_env_steps = 20000"),
+    variants=popgym_encoders("AutoencodeEasy"),
+    references={"random": -0.51, "optimal": 1.0, "POPGym GRU (MMER)": -0.283}, notes=POPGYM_SOURCE,
+))  # fmt: skip
+
+_add(Protocol(
+    name="popgym-position-only-cartpole",
+    title="POPGym PositionOnlyCartPoleEasy",
+    description="CartPole seen through positions only (velocities must be inferred from the recent "
+                "past); 200-step episodes, a 64-token window. The shipped POPGym configs, 30 epochs "
+                "(1,200 updates).",
+    config="gin/suites/popgym/base.gin", binds=(), variants=popgym_encoders("PositionOnlyCartPoleEasy"),
+    references={"random": 0.12, "optimal": 1.0, "POPGym GRU (MMER)": 1.0},
+    notes=POPGYM_SOURCE + " The paper calls this game StatelessCartPole; the third-party source maps it to "
+                          "PositionOnlyCartPole.",
+))  # fmt: skip
+
+_add(Protocol(
+    name="bandit",
+    title="Meta-RL: 5-arm Bernoulli bandit, 25 pulls",
+    description="`gin/bandit.gin` as shipped (20 epochs, 800 updates): one good arm (p 0.9) among "
+                "four bad ones (p 0.1), new arms every trial.",
+    config="gin/bandit.gin", binds=(),
+    variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention")),
+    references={"ignores rewards": 6.5, "win-stay/lose-shift": 15.2, "Thompson sampling": 19.5, "oracle": 22.5},
+))  # fmt: skip
+
+_add(Protocol(
+    name="gridworld",
+    title="Meta-RL: k-shot gridworld (3 episodes per trial)",
+    description="`gin/gridworld.gin`: a hidden goal on a 5 x 5 grid stays put for 3 episodes; in-context "
+                "learning shows as episodes 2 and 3 scoring above episode 1.",
+    config="gin/gridworld.gin", binds=(),
+    variants=(Variant("transformer", binds=('Agent.traj_encoder = "transformer"',)),),
+    metric="return/all",
+    extra_metrics=("return/all/episode_1", "return/all/episode_2", "return/all/episode_3"),
+    references={"random": 0.7, "memoryless bound": 1.5, "searcher with memory": 2.4, "oracle": 3.0},
+))  # fmt: skip
+
+_add(Protocol(
+    name="target-reduce",
+    title="Defaults: Agent.target_reduce min vs mean (POPGym CountRecallEasy, transformer)",
+    description="The TD target over the critic ensemble: the minimum (the default) or the mean, with "
+                "`online_coeff = 0`. Budget of popgym-count-recall.",
+    config="gin/suites/popgym/transformer.gin",
+    binds=('Experiment.train_env = "amago2/POPGym-CountRecallEasy-v0"', "Experiment.epochs = 60",
+           "Experiment.explore_anneal_env_steps = 20000"),
+    variants=(Variant("min", binds=('Agent.target_reduce = "min"',)), Variant("mean", binds=('Agent.target_reduce = "mean"',))),
+    references={"random": -0.93, "optimal": 1.0},
+))  # fmt: skip
+
+SCALE_GAMES = {"RepeatPreviousEasy": 1.0, "RepeatFirstEasy": 100.0, "PositionOnlyCartPoleEasy": 10_000.0}
+
+_add(Protocol(
+    name="scale-invariance",
+    title="AMAGO-2's claim: one agent, three games whose rewards differ by 1, 100 and 10,000",
+    description="`gin/suites/popgym/multitask.gin` (transformer) over RepeatPreviousEasy (rewards x1), "
+                "RepeatFirstEasy (x100) and PositionOnlyCartPoleEasy (x10,000), no task id; 64 symlog bins "
+                "over [-20,000, 20,000]; 75 epochs of 40 updates with 64 env steps per env each. Every "
+                "variant has the same budget and seeds; the table gives each game's return on its "
+                "unscaled reward (`normalized/<game>`).",
+    config="gin/suites/popgym/multitask.gin",
+    binds=(f"Experiment.env_kwargs = {{'games': {list(SCALE_GAMES)}, 'reward_scales': {SCALE_GAMES}}}",
+           "Experiment.epochs = 75", "Experiment.env_steps_per_epoch = 64", "Experiment.max_seq_len = 64",
+           "Experiment.explore_anneal_env_steps = 30000", "Experiment.eval_every_epochs = 15",
+           "ValueBins.min_value = -20000.0", "ValueBins.max_value = 20000.0", "ValueBins.n_bins = 64"),
+    variants=(
+        Variant("twohot-binary", binds=('Agent.critic_type = "classification"', 'Agent.actor_filter = "binary"')),
+        Variant("regression-binary", binds=('Agent.critic_type = "regression"', 'Agent.actor_filter = "binary"')),
+        Variant("regression-exp", binds=('Agent.critic_type = "regression"', 'Agent.actor_filter = "exp"')),
+    ),
+    metric="normalized/task_mean",
+    extra_metrics=tuple(f"normalized/{g}" for g in SCALE_GAMES),
+    references={"random (mean of the three)": (-0.5 - 0.51 + 0.12) / 3, "optimal": 1.0},
+))  # fmt: skip
+
+_add(Protocol(
+    name="tmaze-recall",
+    title="Recall: T-maze, horizon 50, every memory encoder on the shipped recipe",
+    description="`gin/tmaze.gin` as shipped (30 epochs of 40 updates; its Mamba-2 settings apply to mamba), "
+                "only the encoder changed. A cue at step 0 decides the turn at step 50.",
+    config="gin/tmaze.gin", binds=(),
+    variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention")),
+    references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
+))  # fmt: skip
+
+def _fast_to_slow_decays(n_heads: int, max_seq_len: int) -> str:
+    import math
+
+    hi = max(6.0, math.log2(max_seq_len))
+    return "(" + ", ".join(f"{1 - 2 ** -(1 + (hi - 1) * i / (n_heads - 1)):.6f}" for i in range(n_heads)) + ")"
+
+
+_add(Protocol(
+    name="retention-decays",
+    title="Defaults: retention head decays (POPGym RepeatPreviousEasy)",
+    description="RetNet's decays (the fastest head forgets over ~32 tokens; the default) against decays whose "
+                "fastest head forgets within ~2 tokens, up to the same slowest head. Budget of "
+                "popgym-repeat-previous.",
+    config="gin/suites/popgym/retention.gin", binds=('Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"',),
+    variants=(Variant("retnet"), Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",))),
+    references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
+))  # fmt: skip
