@@ -48,7 +48,9 @@ PAGE_HEAD = (
     "`benchmarks/learning_protocols.py`), greedy evaluation of the trained agent. Each section "
     "states its machine, commit and budget. Numbers are the mean over seeds with the min-max "
     "range; nothing here is extrapolated. Rebuild this page from the stored records with "
-    "`python benchmarks/learning.py report`.\n"
+    "`python benchmarks/learning.py report`.\n\n"
+    "The runs of 2026-12-02 were made two or three at a time on the 2-core machine, beside other "
+    "work, so their minutes are wall clock under that load: a run alone on the machine is faster.\n"
 )
 
 
@@ -111,7 +113,7 @@ def run_one(protocol: Protocol, variant: Variant, seed: int, threads: int, jobs:
     if not curve:
         return f"{protocol.name}/{variant.name}/seed{seed}: no evaluation records in {run_dir}"
     record = dict(protocol=protocol.name, variant=variant.name, seed=seed, commit=git_commit(), cpu=cpu_model(),
-                  cores=os.cpu_count(), torch_threads=threads, concurrent_jobs=jobs,
+                  cores=os.cpu_count(), torch_threads=threads, concurrent_jobs=jobs, load_avg_at_end=list(os.getloadavg()),
                   date=time.strftime("%Y-%m-%d"), command=cmd[3:], wall_s=curve[-1].get("wall_time", time.time() - start),
                   curve=curve)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     todo = []
     for name in args.protocols:
         protocol = PROTOCOLS[name]
-        variants = [v for v in protocol.variants if not args.variants or v.name in args.variants]
+        variants = [v for v in protocol.variants if (not args.variants or v.name in args.variants) and v.same_as is None]
         for seed in args.seeds:
             for variant in variants:
                 if args.force or not record_path(name, variant.name, seed).exists():
@@ -143,10 +145,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def load_records(protocol: str) -> Dict[str, List[dict]]:
+    """{variant: its records}; a variant that is `same_as` another protocol's gets that one's."""
     by_variant: Dict[str, List[dict]] = {}
     for path in sorted((RECORDS / protocol).glob("*.json")):
         rec = json.loads(path.read_text())
         by_variant.setdefault(rec["variant"], []).append(rec)
+    for variant in PROTOCOLS[protocol].variants if protocol in PROTOCOLS else ():
+        if variant.same_as is not None:
+            other, name = variant.same_as
+            by_variant[variant.name] = [r for r in load_records(other).get(name, [])]
     return by_variant
 
 
@@ -203,9 +210,13 @@ def plot_protocol(protocol: Protocol, records: Dict[str, List[dict]], path: Path
             y = np.array([[p.get(metric, np.nan) for p in r["curve"][:n]] for r in recs])
             (line,) = ax.plot(x, np.nanmean(y, 0), label=f"{variant.name} ({len(recs)} seeds)")
             ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2)
+        by_value: Dict[float, List[str]] = {}
         for label, value in protocol.references.items():
+            by_value.setdefault(value, []).append(label)
+        for value, labels in by_value.items():
+            label = " / ".join(labels)
             ax.axhline(value, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(label, (0, value), fontsize=7, color="grey", va="bottom")
+            ax.text(0.99, value, label, transform=ax.get_yaxis_transform(), fontsize=7, color="grey", ha="right", va="bottom")
         ax.set_xlabel("updates")
         ax.set_ylabel(f"greedy eval {metric}")
         ax.set_title(protocol.title, fontsize=9)
@@ -220,14 +231,15 @@ def protocol_section(protocol: Protocol, records: Dict[str, List[dict]]) -> str:
     metrics = [protocol.metric, *protocol.extra_metrics]
     header = ["variant", "seeds"] + [f"final {m}" for m in metrics]
     if protocol.threshold is not None:
-        header.append(f"seeds reaching {protocol.threshold:g} (updates)")
+        header.append(f"seeds reaching {protocol.threshold:g} (updates at that evaluation)")
     header += ["updates", "env steps", "minutes per run"]
     table = markdown_table(header, protocol_rows(protocol, records))
     all_recs = [r for recs in records.values() for r in recs]
     commits = sorted({r["commit"] for r in all_recs})
-    jobs = sorted({(r["concurrent_jobs"], r["torch_threads"]) for r in all_recs})
-    machine = (f"{all_recs[0]['cpu']}, {all_recs[0]['cores']} cores; runs made "
-               + ", ".join(f"{j} at a time with {t} torch thread(s)" for j, t in jobs)
+    threads = sorted({r["torch_threads"] for r in all_recs})
+    loads = [r["load_avg_at_end"][0] for r in all_recs if "load_avg_at_end" in r]
+    machine = (f"{all_recs[0]['cpu']}, {all_recs[0]['cores']} cores, {'/'.join(map(str, threads))} torch thread(s) per run"
+               + (f", load average {min(loads):.1f} to {max(loads):.1f} as they ended" if loads else "")
                + f"; commit {', '.join(commits)}; {all_recs[0]['date']}")  # fmt: skip
     refs = "; ".join(f"{k}: {v:g}" for k, v in protocol.references.items())
     figure = f"img/results_{protocol.name}.png"

@@ -18,6 +18,7 @@ class Variant:
     name: str
     config: Optional[str] = None  # replaces the protocol's gin config when set
     binds: Tuple[str, ...] = ()
+    same_as: Optional[Tuple[str, str]] = None  # (protocol, variant) that is this exact run: its records are reused
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ POPGYM_SOURCE = (
     "paper's table itself to check them. MMER is a maximum over training, ours the final greedy "
     "evaluation, after about 1,000 times fewer env steps."
 )
+
+def _fast_to_slow_decays(n_heads: int, max_seq_len: int) -> str:
+    import math
+
+    hi = max(6.0, math.log2(max_seq_len))
+    return "(" + ", ".join(f"{1 - 2 ** -(1 + (hi - 1) * i / (n_heads - 1)):.6f}" for i in range(n_heads)) + ")"
+
 
 PROTOCOLS: Dict[str, Protocol] = {}
 
@@ -164,16 +172,11 @@ _add(Protocol(
     description="`gin/tmaze.gin` as shipped (30 epochs of 40 updates; its Mamba-2 settings apply to mamba), "
                 "only the encoder changed. A cue at step 0 decides the turn at step 50.",
     config="gin/tmaze.gin", binds=(),
-    variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention")),
+    variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention"))
+    + (Variant("retention-fast-to-slow", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 4",
+                                                 f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),),
     references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
-
-def _fast_to_slow_decays(n_heads: int, max_seq_len: int) -> str:
-    import math
-
-    hi = max(6.0, math.log2(max_seq_len))
-    return "(" + ", ".join(f"{1 - 2 ** -(1 + (hi - 1) * i / (n_heads - 1)):.6f}" for i in range(n_heads)) + ")"
-
 
 _add(Protocol(
     name="retention-decays",
@@ -182,6 +185,6 @@ _add(Protocol(
                 "fastest head forgets within ~2 tokens, up to the same slowest head. Budget of "
                 "popgym-repeat-previous.",
     config="gin/suites/popgym/retention.gin", binds=('Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"',),
-    variants=(Variant("retnet"), Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",))),
+    variants=(Variant("retnet", same_as=("popgym-repeat-previous", "retention")), Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",))),
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip

@@ -1,7 +1,16 @@
 """What several test files share: a clean gin configuration and the smallest agent."""
 
-import gin
-import pytest
+import os
+
+# Under pytest-xdist the workers share the cores. OpenMP threads beyond a worker's share spin
+# instead of sleeping and slow every worker (amago2/cpu_threads.py), so each worker gets its
+# share, set before torch is first imported; spawned subprocesses inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+import gin  # noqa: E402
+import pytest  # noqa: E402
 
 # The smallest agent that still exercises every part: a one-layer GRU of width 16.
 TINY_AGENT = [

@@ -93,3 +93,8 @@ def test_report_rows_are_the_records_mean_range_and_threshold_hits(tmp_path, mon
     # threshold 0.5: seed 2 reaches it at 200 updates, seed 3 at 100 (0.5 at the first eval)
     assert row[3] == "2/3, mean 150"
     assert row[4:] == ["200", "1,600", "2.0 (1.0 to 3.0)"]
+    # A variant that is another protocol's exact run reuses its records instead of re-running.
+    alias = Protocol(name="alias", title="", description="", config="gin/tmaze.gin", binds=(),
+                     variants=(Variant("same", same_as=("tiny", "gru")),))  # fmt: skip
+    monkeypatch.setitem(learning.PROTOCOLS, "alias", alias)
+    assert [r["seed"] for r in learning.load_records("alias")["same"]] == [1, 2, 3]
