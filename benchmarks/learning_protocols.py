@@ -173,7 +173,10 @@ _add(Protocol(
                 "only the encoder changed. A cue at step 0 decides the turn at step 50.",
     config="gin/tmaze.gin", binds=(),
     variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention"))
-    + (Variant("retention-fast-to-slow", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 4",
+    + (Variant("mamba1-default", binds=('Agent.traj_encoder = "mamba"', 'MambaTrajEncoder.variant = "mamba1"',
+                                         "MambaTrajEncoder.dt_min = 0.001", "MambaTrajEncoder.dt_max = 0.1",
+                                         "MambaTrajEncoder.a_init_range = (1.0, 16.0)")),
+       Variant("retention-fast-to-slow", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 4",
                                                  f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),),
     references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
@@ -186,5 +189,21 @@ _add(Protocol(
                 "popgym-repeat-previous.",
     config="gin/suites/popgym/retention.gin", binds=('Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"',),
     variants=(Variant("retnet", same_as=("popgym-repeat-previous", "retention")), Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",))),
+    references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
+))  # fmt: skip
+
+MAMBA2_SLOW_DECAY = ('MambaTrajEncoder.variant = "mamba2"', "MambaTrajEncoder.a_init_range = (0.002, 0.032)",
+                     "MambaTrajEncoder.dt_min = 0.5", "MambaTrajEncoder.dt_max = 1.0")  # gin/tmaze.gin's settings
+
+_add(Protocol(
+    name="mamba-init",
+    title="Defaults: Mamba's initialisation (POPGym RepeatPreviousEasy)",
+    description="Mamba-1 with its default initialisation (`gin/suites/popgym/mamba.gin`) against Mamba-2 heads "
+                "that start like retention heads (slow decay, full-weight writes: `gin/tmaze.gin`'s settings). "
+                "Budget of popgym-repeat-previous. The T-maze side of the comparison is in tmaze-recall "
+                "(mamba there has these Mamba-2 settings; mamba1-default has the defaults).",
+    config="gin/suites/popgym/mamba.gin", binds=('Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"',),
+    variants=(Variant("mamba1-default", same_as=("popgym-repeat-previous", "mamba")),
+              Variant("mamba2-slow-decay", binds=MAMBA2_SLOW_DECAY)),
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
