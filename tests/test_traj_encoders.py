@@ -75,6 +75,8 @@ CONFIGS: List[Cfg] = [
     Cfg("retention-chunkwise-h2-ch64-vf2", "retention", dict(n_heads=2, mode="chunkwise", chunk_size=64, value_factor=2)),
     Cfg("retention-parallel-h2-vf2", "retention", dict(n_heads=2, mode="parallel", value_factor=2)),
     Cfg("retention-parallel-h4-vf1", "retention", dict(n_heads=4, mode="parallel", value_factor=1), d_model=32),
+    Cfg("retention-chunkwise-h2-ch4-conv4", "retention", dict(n_heads=2, mode="chunkwise", chunk_size=4, d_conv=4)),
+    Cfg("retention-parallel-h2-conv3", "retention", dict(n_heads=2, mode="parallel", d_conv=3)),
     # no kind-specific options
     Cfg("gru", "gru"),
     Cfg("ff", "ff"),
@@ -223,7 +225,7 @@ def test_unknown_kind_raises_listing_valid_kinds():
 FOREIGN_KWARG = {
     "transformer": ("variant", "mamba2"),
     "mamba": ("pos_encoding", "rope"),
-    "retention": ("d_conv", 4),
+    "retention": ("d_state", 16),
     "gru": ("n_heads", 2),
     "ff": ("n_heads", 2),
 }
@@ -719,3 +721,21 @@ def test_mamba_checkpointed_layers_give_the_same_outputs_states_and_gradients(va
     assert torch.equal(y0, y1)
     assert all(torch.equal(s0[k], s1[k]) for k in s0)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("d_conv", [0, 2])
+def test_retention_convolution_sees_the_previous_token_and_not_across_a_reset(d_conv):
+    # Decays of ~0 forget everything at once, so without the convolution output t depends on
+    # token t alone; with a width-2 convolution also on token t - 1, unless t starts an episode.
+    torch.manual_seed(0)
+    enc = build_traj_encoder("retention", d_in=D_IN, d_model=16, n_layers=1, max_seq_len=8, n_heads=2,
+                             decays=(1e-9, 1e-9), rotary=False, d_conv=d_conv)  # fmt: skip
+    x = torch.randn(1, 6, D_IN)
+    bumped = x.clone()
+    bumped[0, 2] += 1.0
+    for resets_at_3, expect_change in ((False, d_conv > 0), (True, False)):
+        resets = torch.zeros(1, 6, dtype=torch.bool)
+        resets[0, 3] = resets_at_3
+        with torch.no_grad():
+            change = (enc(bumped, resets)[0][0, 3] - enc(x, resets)[0][0, 3]).abs().max().item()
+        assert (change > 1e-3) == expect_change, (resets_at_3, change)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amago2.nets.base import TrajEncoder, TrajState, positions_since_reset
+from amago2.nets.causal_conv import ResetCausalConv
 from amago2.nets.linear_recurrence import chunked_linear_recurrence
 from amago2.nets.positions import Rotary
 
@@ -76,6 +77,10 @@ class RetentionTrajEncoder(TrajEncoder):
         chunk_size: chunk length of the chunkwise form.
         decays: one decay in (0, 1) per head; default `default_decays`.
         rotary: rotate queries and keys by position within the episode (xPos-like).
+        d_conv: width of a short causal convolution over each block's input, added to it
+            before the queries, keys and values (0: none). Decaying heads blur the exact
+            last few tokens together; the convolution sees them one by one, as Mamba's
+            does (docs/results.md measures it on POPGym RepeatPrevious).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class RetentionTrajEncoder(TrajEncoder):
         chunk_size: int = 64,
         decays: Optional[Sequence[float]] = None,
         rotary: bool = True,
+        d_conv: int = 0,
     ):
         super().__init__(d_in, d_model, n_layers, max_seq_len)
         if d_model % n_heads:
@@ -100,12 +106,16 @@ class RetentionTrajEncoder(TrajEncoder):
         decays = default_decays(n_heads, max_seq_len) if decays is None else torch.as_tensor(decays, dtype=torch.float64)
         if decays.shape != (n_heads,) or not ((decays > 0) & (decays < 1)).all():
             raise ValueError(f"decays must be {n_heads} numbers in (0, 1), one per head, got {decays.tolist()}")
-        self.mode, self.chunk_size = mode, chunk_size
+        if d_conv < 0 or d_conv == 1:
+            raise ValueError(f"d_conv must be 0 (no convolution) or at least 2, got {d_conv}")
+        self.mode, self.chunk_size, self.d_conv = mode, chunk_size, d_conv
         self.inp = nn.Linear(d_in, d_model)
         self.layers = nn.ModuleList()
         for _ in range(n_layers):
             layer = nn.Module()
             layer.norm_ret = nn.LayerNorm(d_model)
+            if d_conv:
+                layer.conv = ResetCausalConv(d_model, d_conv)
             layer.retention = _MultiScaleRetention(d_model, n_heads, value_factor, decays, rotary)
             layer.norm_ff = nn.LayerNorm(d_model)
             layer.ff = nn.Sequential(nn.Linear(d_model, d_ff or 4 * d_model), nn.GELU(), nn.Linear(d_ff or 4 * d_model, d_model))
@@ -115,10 +125,14 @@ class RetentionTrajEncoder(TrajEncoder):
     def init_state(self, batch_size: int, device=None) -> TrajState:
         ret = self.layers[0].retention
         dtype = self.inp.weight.dtype
-        return {
+        state = {
             "pos_next": torch.zeros(batch_size, dtype=torch.long, device=device),
             "S": torch.zeros(batch_size, self.n_layers, ret.n_heads, ret.dk, ret.dv, dtype=dtype, device=device),
         }
+        if self.d_conv:
+            d_model = self.inp.out_features
+            state["conv"] = torch.zeros(batch_size, self.n_layers, self.d_conv - 1, d_model, dtype=dtype, device=device)
+        return state
 
     def forward(
         self, x: torch.Tensor, resets: torch.Tensor, state: Optional[TrajState] = None
@@ -131,10 +145,18 @@ class RetentionTrajEncoder(TrajEncoder):
         pos, pos_next = positions_since_reset(resets, state["pos_next"])
         chunk_size = x.shape[1] if self.mode == "parallel" else self.chunk_size
         h = self.inp(x)
-        new_S = []
+        new_S, new_conv = [], []
         for i, layer in enumerate(self.layers):
-            r, S = layer.retention(layer.norm_ret(h), resets, pos, state["S"][:, i], chunk_size)
+            u = layer.norm_ret(h)
+            if self.d_conv:
+                c, window = layer.conv(u, resets, state["conv"][:, i])
+                u = u + c
+                new_conv.append(window)
+            r, S = layer.retention(u, resets, pos, state["S"][:, i], chunk_size)
             new_S.append(S)
             h = h + r
             h = h + layer.ff(layer.norm_ff(h))
-        return self.norm_out(h), {"pos_next": pos_next, "S": torch.stack(new_S, dim=1)}
+        out_state = {"pos_next": pos_next, "S": torch.stack(new_S, dim=1)}
+        if self.d_conv:
+            out_state["conv"] = torch.stack(new_conv, dim=1)
+        return self.norm_out(h), out_state
