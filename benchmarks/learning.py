@@ -49,7 +49,7 @@ PAGE_HEAD = (
     "states its machine, commit and budget. Numbers are the mean over seeds with the min-max "
     "range; nothing here is extrapolated. Rebuild this page from the stored records with "
     "`python benchmarks/learning.py report`.\n\n"
-    "The runs of 2026-12-02 were made two or three at a time on the 2-core machine, beside other "
+    "The runs of 2026-12-02 were made two to four at a time on the 2-core machine, beside other "
     "work, so their minutes are wall clock under that load: a run alone on the machine is faster.\n"
 )
 

@@ -160,6 +160,8 @@ _add(Protocol(
         Variant("twohot-binary", binds=('Agent.critic_type = "classification"', 'Agent.actor_filter = "binary"')),
         Variant("regression-binary", binds=('Agent.critic_type = "regression"', 'Agent.actor_filter = "binary"')),
         Variant("regression-exp", binds=('Agent.critic_type = "regression"', 'Agent.actor_filter = "exp"')),
+        # Control: the same three games and bins with every reward unscaled.
+        Variant("twohot-binary-unscaled", binds=(f"Experiment.env_kwargs = {{'games': {list(SCALE_GAMES)}}}",)),
     ),
     metric="normalized/task_mean",
     extra_metrics=tuple(f"normalized/{g}" for g in SCALE_GAMES),
