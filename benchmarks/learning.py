@@ -199,8 +199,12 @@ def plot_protocol(protocol: Protocol, records: Dict[str, List[dict]], path: Path
     import matplotlib.pyplot as plt
 
     metrics = [protocol.metric, *protocol.extra_metrics]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows + 0.5), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         for variant in protocol.variants:
             recs = records.get(variant.name, [])
             if not recs:
@@ -211,16 +215,17 @@ def plot_protocol(protocol: Protocol, records: Dict[str, List[dict]], path: Path
             (line,) = ax.plot(x, np.nanmean(y, 0), label=f"{variant.name} ({len(recs)} seeds)")
             ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2)
         by_value: Dict[float, List[str]] = {}
-        for label, value in protocol.references.items():
+        for label, value in (protocol.references.items() if metric == protocol.metric else ()):
             by_value.setdefault(value, []).append(label)
         for value, labels in by_value.items():
             label = " / ".join(labels)
             ax.axhline(value, color="grey", linestyle=":", linewidth=1)
             ax.text(0.99, value, label, transform=ax.get_yaxis_transform(), fontsize=7, color="grey", ha="right", va="bottom")
         ax.set_xlabel("updates")
-        ax.set_ylabel(f"greedy eval {metric}")
-        ax.set_title(protocol.title, fontsize=9)
+        ax.set_ylabel("greedy evaluation")
+        ax.set_title(metric, fontsize=9)
         ax.legend(fontsize=7)
+    fig.suptitle(protocol.title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
