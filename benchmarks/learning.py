@@ -16,7 +16,8 @@ writes `docs/results.md` (one section per protocol) and `docs/img/results_<proto
 A run killed midway resumes from its last checkpoint on the next `run` (its run directory
 under `runs/learning/` is kept until its record is written). Runs that share the machine
 slow each other, so the minutes in the table are those of the runs as they were made
-(`--jobs` of them at once, each with cores // jobs torch threads); the record says which.
+(`--jobs` of them at once, each with cores // jobs torch threads or `--threads`); each record
+keeps its thread count and the machine's load average as it ended.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def eval_curve(run_dir: Path) -> List[Dict[str, float]]:
     return curve
 
 
-def run_one(protocol: Protocol, variant: Variant, seed: int, threads: int, jobs: int) -> str:
+def run_one(protocol: Protocol, variant: Variant, seed: int, threads: int) -> str:
     out = record_path(protocol.name, variant.name, seed)
     run_dir = RUNS / protocol.name / f"{variant.name}-seed{seed}"
     if not has_checkpoint(run_dir):  # killed before its first checkpoint: start afresh, no stale records
@@ -113,7 +114,7 @@ def run_one(protocol: Protocol, variant: Variant, seed: int, threads: int, jobs:
     if not curve:
         return f"{protocol.name}/{variant.name}/seed{seed}: no evaluation records in {run_dir}"
     record = dict(protocol=protocol.name, variant=variant.name, seed=seed, commit=git_commit(), cpu=cpu_model(),
-                  cores=os.cpu_count(), torch_threads=threads, concurrent_jobs=jobs, load_avg_at_end=list(os.getloadavg()),
+                  cores=os.cpu_count(), torch_threads=threads, load_avg_at_end=list(os.getloadavg()),
                   date=time.strftime("%Y-%m-%d"), command=cmd[3:], wall_s=curve[-1].get("wall_time", time.time() - start),
                   curve=curve)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     print(f"{len(todo)} runs, {args.jobs} at a time, {threads} torch thread(s) each", flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        for message in pool.map(lambda t: run_one(*t, threads=threads, jobs=args.jobs), todo):
+        for message in pool.map(lambda t: run_one(*t, threads=threads), todo):
             print(message, flush=True)
 
 
@@ -153,7 +154,7 @@ def load_records(protocol: str) -> Dict[str, List[dict]]:
     for variant in PROTOCOLS[protocol].variants if protocol in PROTOCOLS else ():
         if variant.same_as is not None:
             other, name = variant.same_as
-            by_variant[variant.name] = [r for r in load_records(other).get(name, [])]
+            by_variant[variant.name] = list(load_records(other).get(name, []))
     return by_variant
 
 

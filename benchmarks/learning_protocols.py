@@ -36,10 +36,26 @@ class Protocol:
     notes: str = ""
 
 
+MEMORY_ENCODERS = ("transformer", "mamba", "retention")
+
+
+def popgym_env(game: str) -> str:
+    """The bind that makes a POPGym config play `game`."""
+    return f'Experiment.train_env = "amago2/POPGym-{game}-v0"'
+
+
 def popgym_encoders(game: str) -> Tuple[Variant, ...]:
     """transformer, mamba and retention, each from its shipped POPGym config."""
-    env = f'Experiment.train_env = "amago2/POPGym-{game}-v0"'
-    return tuple(Variant(kind, f"gin/suites/popgym/{kind}.gin", (env,)) for kind in ("transformer", "mamba", "retention"))
+    return tuple(Variant(kind, f"gin/suites/popgym/{kind}.gin", (popgym_env(game),)) for kind in MEMORY_ENCODERS)
+
+
+def encoder_variants(kinds: Tuple[str, ...] = MEMORY_ENCODERS) -> Tuple[Variant, ...]:
+    """One variant per trajectory encoder, on the protocol's own config."""
+    return tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in kinds)
+
+
+# popgym-count-recall's budget, shared by the studies run on that game.
+COUNT_RECALL_BUDGET = ("Experiment.epochs = 60", "Experiment.explore_anneal_env_steps = 20000")
 
 
 POPGYM_SOURCE = (
@@ -78,7 +94,7 @@ _add(Protocol(
     title="POPGym CountRecallEasy",
     description="Cards are dealt; when asked, name how many times the queried card was dealt so far; "
                 "51-step episodes. The shipped POPGym configs with 60 epochs (2,400 updates).",
-    config="gin/suites/popgym/base.gin", binds=("Experiment.epochs = 60", "Experiment.explore_anneal_env_steps = 20000"),
+    config="gin/suites/popgym/base.gin", binds=COUNT_RECALL_BUDGET,
     variants=popgym_encoders("CountRecallEasy"),
     references={"random": -0.93, "optimal": 1.0, "POPGym GRU (MMER)": 0.177}, notes=POPGYM_SOURCE,
 ))  # fmt: skip
@@ -113,7 +129,7 @@ _add(Protocol(
     description="`gin/bandit.gin` as shipped (20 epochs, 800 updates): one good arm (p 0.9) among "
                 "four bad ones (p 0.1), new arms every trial.",
     config="gin/bandit.gin", binds=(),
-    variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention")),
+    variants=encoder_variants(),
     references={"ignores rewards": 6.5, "win-stay/lose-shift": 15.2, "Thompson sampling": 19.5, "oracle": 22.5},
 ))  # fmt: skip
 
@@ -123,7 +139,7 @@ _add(Protocol(
     description="`gin/gridworld.gin`: a hidden goal on a 5 x 5 grid stays put for 3 episodes; in-context "
                 "learning shows as episodes 2 and 3 scoring above episode 1.",
     config="gin/gridworld.gin", binds=(),
-    variants=(Variant("transformer", binds=('Agent.traj_encoder = "transformer"',)),),
+    variants=encoder_variants(("transformer",)),
     metric="return/all",
     extra_metrics=("return/all/episode_1", "return/all/episode_2", "return/all/episode_3"),
     references={"random": 0.7, "memoryless bound": 1.5, "searcher with memory": 2.4, "oracle": 3.0},
@@ -135,8 +151,7 @@ _add(Protocol(
     description="The TD target over the critic ensemble: the minimum (the default) or the mean, with "
                 "`online_coeff = 0`. Budget of popgym-count-recall.",
     config="gin/suites/popgym/transformer.gin",
-    binds=('Experiment.train_env = "amago2/POPGym-CountRecallEasy-v0"', "Experiment.epochs = 60",
-           "Experiment.explore_anneal_env_steps = 20000"),
+    binds=(popgym_env("CountRecallEasy"), *COUNT_RECALL_BUDGET),
     variants=(Variant("min", binds=('Agent.target_reduce = "min"',)), Variant("mean", binds=('Agent.target_reduce = "mean"',))),
     references={"random": -0.93, "optimal": 1.0},
 ))  # fmt: skip
@@ -174,7 +189,7 @@ _add(Protocol(
     description="`gin/tmaze.gin` as shipped (30 epochs of 40 updates; its Mamba-2 settings apply to mamba), "
                 "only the encoder changed. A cue at step 0 decides the turn at step 50.",
     config="gin/tmaze.gin", binds=(),
-    variants=tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in ("transformer", "mamba", "retention"))
+    variants=encoder_variants()
     + (Variant("mamba1-default", binds=('Agent.traj_encoder = "mamba"', 'MambaTrajEncoder.variant = "mamba1"',
                                          "MambaTrajEncoder.dt_min = 0.001", "MambaTrajEncoder.dt_max = 0.1",
                                          "MambaTrajEncoder.a_init_range = (1.0, 16.0)")),
@@ -191,7 +206,7 @@ _add(Protocol(
                 "fastest head forgets within ~2 tokens, up to the same slowest head, and against the default "
                 "decays with a width-4 causal convolution on each block's input (`d_conv = 4`). Budget of "
                 "popgym-repeat-previous.",
-    config="gin/suites/popgym/retention.gin", binds=('Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"',),
+    config="gin/suites/popgym/retention.gin", binds=(popgym_env("RepeatPreviousEasy"),),
     variants=(Variant("retnet", same_as=("popgym-repeat-previous", "retention")),
               Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",)),
               Variant("conv4", binds=("RetentionTrajEncoder.d_conv = 4",))),
@@ -208,7 +223,7 @@ _add(Protocol(
                 "that start like retention heads (slow decay, full-weight writes: `gin/tmaze.gin`'s settings). "
                 "Budget of popgym-repeat-previous. The T-maze side of the comparison is in tmaze-recall "
                 "(mamba there has these Mamba-2 settings; mamba1-default has the defaults).",
-    config="gin/suites/popgym/mamba.gin", binds=('Experiment.train_env = "amago2/POPGym-RepeatPreviousEasy-v0"',),
+    config="gin/suites/popgym/mamba.gin", binds=(popgym_env("RepeatPreviousEasy"),),
     variants=(Variant("mamba1-default", same_as=("popgym-repeat-previous", "mamba")),
               Variant("mamba2-slow-decay", binds=MAMBA2_SLOW_DECAY)),
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,

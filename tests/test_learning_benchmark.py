@@ -60,7 +60,7 @@ def test_a_run_becomes_a_record_and_its_run_directory_is_removed(tmp_path, monke
     stale = tmp_path / "runs" / "tiny" / "gru-seed3"
     stale.mkdir(parents=True)  # a run killed before its first checkpoint left records behind
     (stale / "metrics.jsonl").write_text(json.dumps(dict(kind="eval", updates=99, env_steps=1, **{"return/all": 5.0})) + "\n")
-    message = learning.run_one(protocol, protocol.variants[0], seed=3, threads=1, jobs=1)
+    message = learning.run_one(protocol, protocol.variants[0], seed=3, threads=1)
     assert "FAILED" not in message, message
     record = json.loads(learning.record_path("tiny", "gru", 3).read_text())
     assert record["seed"] == 3 and record["variant"] == "gru"
