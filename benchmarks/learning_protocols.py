@@ -193,8 +193,12 @@ _add(Protocol(
     + (Variant("mamba1-default", binds=('Agent.traj_encoder = "mamba"', 'MambaTrajEncoder.variant = "mamba1"',
                                          "MambaTrajEncoder.dt_min = 0.001", "MambaTrajEncoder.dt_max = 0.1",
                                          "MambaTrajEncoder.a_init_range = (1.0, 16.0)")),
-       Variant("retention-conv4", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.d_conv = 4")),
+       Variant("retention-no-conv", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.d_conv = 0")),
+       *(Variant(f"{k}-lr1e-3", binds=(f'Agent.traj_encoder = "{k}"', "Experiment.lr = 0.001")) for k in MEMORY_ENCODERS),
+       Variant("mamba-d_state64", binds=('Agent.traj_encoder = "mamba"', "MambaTrajEncoder.d_state = 64")),
+       Variant("mamba-headdim16", binds=('Agent.traj_encoder = "mamba"', "MambaTrajEncoder.headdim = 16")),
        Variant("retention-fast-to-slow", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 4",
+                                                 "RetentionTrajEncoder.d_conv = 0",
                                                  f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),),
     references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
@@ -202,14 +206,15 @@ _add(Protocol(
 _add(Protocol(
     name="retention-decays",
     title="Defaults: retention's head decays and short convolution (POPGym RepeatPreviousEasy)",
-    description="RetNet's decays (the fastest head forgets over ~32 tokens; the default) against decays whose "
-                "fastest head forgets within ~2 tokens, up to the same slowest head, and against the default "
-                "decays with a width-4 causal convolution on each block's input (`d_conv = 4`). Budget of "
-                "popgym-repeat-previous.",
+    description="RetNet's block (its decays: the fastest head forgets over ~32 tokens; no convolution) against "
+                "decays whose fastest head forgets within ~2 tokens, up to the same slowest head, and against "
+                "RetNet's decays with a width-4 causal convolution on each block's input (`d_conv = 4`, the "
+                "default since this study). Budget of popgym-repeat-previous.",
     config="gin/suites/popgym/retention.gin", binds=(popgym_env("RepeatPreviousEasy"),),
-    variants=(Variant("retnet", same_as=("popgym-repeat-previous", "retention")),
-              Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",)),
-              Variant("conv4", binds=("RetentionTrajEncoder.d_conv = 4",))),
+    variants=(Variant("retnet", binds=("RetentionTrajEncoder.d_conv = 0",)),
+              Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",
+                                             "RetentionTrajEncoder.d_conv = 0")),
+              Variant("conv4", same_as=("popgym-repeat-previous", "retention"))),
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
 

@@ -70,11 +70,11 @@ CONFIGS: List[Cfg] = [
     Cfg("mamba2-s16-c3-e1-hd4-ch64", "mamba", dict(variant="mamba2", d_state=16, d_conv=3, expand=1, headdim=4, chunk_size=64)),
     Cfg("mamba2-s4-c2-e2-hd16-ch7", "mamba", dict(variant="mamba2", d_state=4, d_conv=2, expand=2, headdim=16, chunk_size=7), d_model=32),
     # retention
-    Cfg("retention-chunkwise-h2-ch4-vf1", "retention", dict(n_heads=2, mode="chunkwise", chunk_size=4, value_factor=1)),
+    Cfg("retention-chunkwise-h2-ch4-vf1-noconv", "retention", dict(n_heads=2, mode="chunkwise", chunk_size=4, value_factor=1, d_conv=0)),
     Cfg("retention-chunkwise-h4-ch7-vf2", "retention", dict(n_heads=4, mode="chunkwise", chunk_size=7, value_factor=2), d_model=32),
     Cfg("retention-chunkwise-h2-ch64-vf2", "retention", dict(n_heads=2, mode="chunkwise", chunk_size=64, value_factor=2)),
     Cfg("retention-parallel-h2-vf2", "retention", dict(n_heads=2, mode="parallel", value_factor=2)),
-    Cfg("retention-parallel-h4-vf1", "retention", dict(n_heads=4, mode="parallel", value_factor=1), d_model=32),
+    Cfg("retention-parallel-h4-vf1-noconv", "retention", dict(n_heads=4, mode="parallel", value_factor=1, d_conv=0), d_model=32),
     Cfg("retention-chunkwise-h2-ch4-conv4", "retention", dict(n_heads=2, mode="chunkwise", chunk_size=4, d_conv=4)),
     Cfg("retention-parallel-h2-conv3", "retention", dict(n_heads=2, mode="parallel", d_conv=3)),
     # no kind-specific options

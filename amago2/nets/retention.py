@@ -78,9 +78,10 @@ class RetentionTrajEncoder(TrajEncoder):
         decays: one decay in (0, 1) per head; default `default_decays`.
         rotary: rotate queries and keys by position within the episode (xPos-like).
         d_conv: width of a short causal convolution over each block's input, added to it
-            before the queries, keys and values (0: none). Decaying heads blur the exact
-            last few tokens together; the convolution sees them one by one, as Mamba's
-            does (docs/results.md measures it on POPGym RepeatPrevious).
+            before the queries, keys and values (0: none, RetNet's block). Decaying heads
+            blur the exact last few tokens together; the convolution sees them one by one,
+            as Mamba's does. Default 4: without it retention did not learn POPGym
+            RepeatPreviousEasy (0.15 over 3 seeds, 1.00 with it; docs/results.md).
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class RetentionTrajEncoder(TrajEncoder):
         chunk_size: int = 64,
         decays: Optional[Sequence[float]] = None,
         rotary: bool = True,
-        d_conv: int = 0,
+        d_conv: int = 4,
     ):
         super().__init__(d_in, d_model, n_layers, max_seq_len)
         if d_model % n_heads:
