@@ -62,6 +62,10 @@ CONFIGS: List[Cfg] = [
     Cfg("transformer-rope-h2-window8", "transformer", dict(n_heads=2, pos_encoding="rope"), max_seq_len=8, L=30),
     Cfg("transformer-sinusoidal-h2-window8", "transformer", dict(n_heads=2, pos_encoding="sinusoidal"), max_seq_len=8, L=30),
     Cfg("transformer-learned-h4-window8", "transformer", dict(n_heads=4, pos_encoding="learned"), d_model=32, max_seq_len=8, L=30),
+    # ... with the masked windows served by flex_attention (unfused on a CPU)
+    Cfg("transformer-rope-h2-flex", "transformer", dict(n_heads=2, pos_encoding="rope", attention="flex")),
+    Cfg("transformer-sinusoidal-h2-window8-flex", "transformer", dict(n_heads=2, pos_encoding="sinusoidal", attention="flex"),
+        max_seq_len=8, L=30),
     # mamba
     Cfg("mamba1-s4-c4-e2", "mamba", dict(variant="mamba1", d_state=4, d_conv=4, expand=2)),
     Cfg("mamba1-s8-c2-e1", "mamba", dict(variant="mamba1", d_state=8, d_conv=2, expand=1)),
@@ -739,3 +743,118 @@ def test_retention_convolution_sees_the_previous_token_and_not_across_a_reset(d_
         with torch.no_grad():
             change = (enc(bumped, resets)[0][0, 3] - enc(x, resets)[0][0, 3]).abs().max().item()
         assert (change > 1e-3) == expect_change, (resets_at_3, change)
+
+
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _flex_available(), reason="this torch has no flex_attention")
+@pytest.mark.parametrize("max_seq_len", [64, 8])
+def test_flex_attention_gives_the_sdpa_outputs(max_seq_len, monkeypatch):
+    """attention="flex" (a document block mask) against "sdpa" (the boolean mask) on the
+    same weights: resets inside the windows, a window cut (max_seq_len 8), and a second
+    chunk attending over the first one's KV cache. On a CPU torch's flex_attention has no
+    backward, so this compares forward passes (with gradients on, a CPU takes sdpa: the
+    gradient tests of the flex contract configs run there)."""
+    import amago2.nets.transformer as transformer
+
+    masks = []
+    build_mask = transformer._flex_document_mask
+    monkeypatch.setattr(transformer, "_flex_document_mask", lambda *a: masks.append(1) or build_mask(*a))
+    torch.manual_seed(0)
+    sdpa = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=2, max_seq_len=max_seq_len, n_heads=2,
+                              attention="sdpa")  # fmt: skip
+    flex = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=2, max_seq_len=max_seq_len, n_heads=2,
+                              attention="flex")  # fmt: skip
+    flex.load_state_dict(sdpa.state_dict())
+    x = torch.randn(BATCH, 20, D_IN, generator=gen(3))
+    resets = torch.rand(BATCH, 20, generator=gen(4)) < 0.15
+    resets[0, 7] = True
+    outs = {}
+    with torch.no_grad():
+        for name, enc in (("sdpa", sdpa), ("flex", flex)):
+            y1, state = enc(x[:, :12], resets[:, :12])
+            y2, _ = enc(x[:, 12:], resets[:, 12:], state)  # L > 1 over a cache
+            outs[name] = torch.cat([y1, y2], dim=1)
+    assert masks == [1, 1]  # one block mask per forward, shared by both layers
+    assert_rel(outs["flex"], outs["sdpa"], "flex vs sdpa outputs")
+    masks.clear()
+    flex(x, resets)[0].sum().backward()  # gradients on a CPU: sdpa serves
+    assert masks == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _flex_available(), reason="needs CUDA and flex_attention")
+def test_flex_attention_on_cuda_gives_the_sdpa_outputs_and_gradients():
+    """"auto" on CUDA compiles flex_attention for masked windows; its outputs and gradients
+    equal the boolean-mask SDPA path's."""
+    torch.manual_seed(0)
+    kw = dict(d_in=D_IN, d_model=64, n_layers=2, max_seq_len=32, n_heads=4)
+    sdpa = build_traj_encoder("transformer", attention="sdpa", **kw).cuda()
+    auto = build_traj_encoder("transformer", attention="auto", **kw).cuda()
+    auto.load_state_dict(sdpa.state_dict())
+    x = torch.randn(4, 48, D_IN, device="cuda", requires_grad=True)
+    resets = torch.rand(4, 48, device="cuda") < 0.1
+    outs = []
+    for enc in (sdpa, auto):
+        y, _ = enc(x, resets)
+        outs.append((y, torch.autograd.grad(y.square().sum(), [x, *enc.parameters()])))
+    assert auto.attention == "auto"  # compiled and ran: no fallback
+    assert_rel(outs[1][0], outs[0][0], "flex vs sdpa outputs on CUDA")
+    for a, b in zip(outs[1][1], outs[0][1]):
+        assert_rel(a, b, "flex vs sdpa gradients on CUDA")
+
+
+def test_auto_attention_on_a_cpu_never_calls_flex(monkeypatch):
+    import amago2.nets.transformer as transformer
+
+    def fail(*args, **kwargs):
+        raise AssertionError("flex_attention used on a CPU with attention='auto'")
+
+    monkeypatch.setattr(transformer, "_flex_document_mask", fail)
+    enc = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=2, max_seq_len=16, n_heads=2)
+    resets = torch.zeros(BATCH, 10, dtype=torch.bool)
+    resets[:, 4] = True
+    y, _ = enc(torch.randn(BATCH, 10, D_IN), resets)
+    assert torch.isfinite(y).all()
+
+
+def test_auto_attention_falls_back_to_sdpa_with_a_warning_when_flex_fails(monkeypatch):
+    """Where "auto" picks flex (CUDA) and compiling it fails, the run goes on with SDPA: a
+    warning, the SDPA outputs, and no second attempt."""
+    import amago2.nets.transformer as transformer
+
+    attempts = []
+
+    def broken(compiled):
+        def call(*args, **kwargs):
+            attempts.append(compiled)
+            raise RuntimeError("no kernel")
+
+        return call
+
+    torch.manual_seed(0)
+    ref = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=2, max_seq_len=16, n_heads=2, attention="sdpa")
+    enc = build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=2, max_seq_len=16, n_heads=2)
+    enc.load_state_dict(ref.state_dict())
+    monkeypatch.setattr(transformer, "_flex_attention", broken)
+    monkeypatch.setattr(type(enc), "_flex_wanted", lambda self, x: self.attention != "sdpa")  # as on CUDA
+    x = torch.randn(BATCH, 10, D_IN, generator=gen(6))
+    resets = torch.zeros(BATCH, 10, dtype=torch.bool)
+    resets[:, 4] = True
+    with pytest.warns(UserWarning, match="flex_attention failed"):
+        y, _ = enc(x, resets)
+    assert attempts == [True] and enc.attention == "sdpa"
+    assert_rel(y, ref(x, resets)[0], "fallback vs sdpa")
+    enc(x, resets)
+    assert attempts == [True]
+
+
+def test_transformer_rejects_an_unknown_attention_backend():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        build_traj_encoder("transformer", d_in=D_IN, d_model=16, n_layers=1, max_seq_len=8, attention="flash")

@@ -14,7 +14,9 @@ Positions are counted from the start of the current episode (0 at each reset).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+import warnings
+from typing import Callable, Optional, Tuple
 
 import gin
 import torch
@@ -25,6 +27,31 @@ from amago2.nets.base import TrajEncoder, TrajState
 from amago2.nets.positions import Rotary, sinusoidal_embedding
 
 POS_ENCODINGS = ("rope", "sinusoidal", "learned")
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+
+
+@functools.cache
+def _flex_attention(compiled: bool) -> Optional[Callable]:
+    """torch's flex_attention (compiled once per process when asked), or None without it."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def _flex_document_mask(t_q: torch.Tensor, start_q: torch.Tensor, t_k: torch.Tensor, window: int):
+    """flex_attention's block mask for queries at times t_q [B, L] (their episodes starting at
+    start_q [B, L]) over keys at times t_k [B, K]: query i sees key j iff
+    start_q[b, i] <= t_k[b, j] <= t_q[b, i] and t_k[b, j] > t_q[b, i] - window, the rule of
+    the SDPA path's boolean mask. Its kernels skip the blocks that no query sees."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def visible(b, h, i, j):
+        tk = t_k[b, j]
+        return (tk >= start_q[b, i]) & (tk <= t_q[b, i]) & (tk > t_q[b, i] - window)
+
+    return create_block_mask(visible, t_q.shape[0], None, t_q.shape[1], t_k.shape[1], device=t_q.device)
 
 
 class _Block(nn.Module):
@@ -60,6 +87,17 @@ class TransformerTrajEncoder(TrajEncoder):
             (absolute, added to the input). A learned table has max_seq_len rows;
             positions past the end of the table share its last row.
         dropout: on residual branches and attention weights, in training mode only.
+        attention: how windows that need a mask (a reset inside the window, a KV cache, a
+            sliding-window cut) are attended. "sdpa": scaled_dot_product_attention with the
+            boolean mask. "flex": torch's flex_attention with the same rule as a block
+            (document) mask, whose kernels skip the blocks no query sees; compiled on CUDA,
+            unfused (slow, for checks) elsewhere, where torch has no flex backward either, so
+            a CPU forward that needs gradients takes sdpa. "auto" (default): flex on CUDA
+            where torch has it, else sdpa; if compiling it fails, a warning and sdpa from
+            then on.
+            Windows with no mask always take SDPA's causal kernels; so do rollout steps and,
+            since flex has no attention dropout, training with dropout > 0. Every path gives
+            the same outputs (tests/test_traj_encoders.py).
     """
 
     def __init__(
@@ -72,8 +110,12 @@ class TransformerTrajEncoder(TrajEncoder):
         d_ff: Optional[int] = None,
         pos_encoding: str = "rope",
         dropout: float = 0.0,
+        attention: str = "auto",
     ):
         super().__init__(d_in, d_model, n_layers, max_seq_len)
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {attention!r}")
+        self.attention = attention
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
         if pos_encoding not in POS_ENCODINGS:
@@ -175,6 +217,9 @@ class TransformerTrajEncoder(TrajEncoder):
             h = h + self.pos_table(pos.clamp(max=W - 1))
         rotary = self.rotary.angles(pos, h.dtype) if self.rotary is not None else None
 
+        use_flex = L > 1 and not causal_only and self._flex_wanted(x)
+        # Built at the first layer that asks for it, shared by the others.
+        block_mask = functools.cache(lambda: _flex_document_mask(t_q, start_q, t_k, W))
         new_state = {"t_next": t_q[:, -1] + 1, "start": start_q[:, -1], "cache_t": t_k if ring else t_k[:, -W:]}
         for i, block in enumerate(self.blocks):
             q, k, v = block.project_qkv(h)
@@ -187,14 +232,40 @@ class TransformerTrajEncoder(TrajEncoder):
             elif cached:
                 k = torch.cat([state[f"k{i}"].to(k.dtype), k], dim=2)
                 v = torch.cat([state[f"v{i}"].to(v.dtype), v], dim=2)
-            attn = F.scaled_dot_product_attention(
-                q, k.to(q.dtype), v.to(q.dtype), attn_mask=None if causal_only else mask, is_causal=causal_only,
-                dropout_p=self.attn_dropout if self.training else 0.0,
-            )
+            kq, vq = k.to(q.dtype), v.to(q.dtype)
+            attn = None
+            if use_flex:
+                attn = self._flex(q, kq, vq, block_mask)
+            if attn is None:
+                attn = F.scaled_dot_product_attention(
+                    q, kq, vq, attn_mask=None if causal_only else mask, is_causal=causal_only,
+                    dropout_p=self.attn_dropout if self.training else 0.0,
+                )
             h = block.finish(h, attn)
             # The cache keeps the last W tokens.
             new_state[f"k{i}"], new_state[f"v{i}"] = (k, v) if ring else (k[:, :, -W:], v[:, :, -W:])
         return self.norm_out(h), new_state
+
+    def _flex_wanted(self, x: torch.Tensor) -> bool:
+        if self.attention == "sdpa" or (self.training and self.attn_dropout > 0):
+            return False
+        if not x.is_cuda and (self.attention == "auto" or torch.is_grad_enabled()):
+            return False  # torch's flex_attention has no backward on a CPU
+        return _flex_attention(x.is_cuda) is not None
+
+    def _flex(self, q, k, v, block_mask: Callable) -> Optional[torch.Tensor]:
+        """flex_attention's output, or None where "auto" could not compile it (sdpa then serves)."""
+        if self.attention == "sdpa":  # "auto" fell back at an earlier layer or call
+            return None
+        if self.attention == "flex":
+            return _flex_attention(q.is_cuda)(q, k, v, block_mask=block_mask())
+        try:
+            return _flex_attention(True)(q, k, v, block_mask=block_mask())
+        except Exception as err:  # a compiler or kernel failure: fall back rather than stop the run
+            warnings.warn(f"flex_attention failed ({type(err).__name__}: {err}); TransformerTrajEncoder uses "
+                          'scaled_dot_product_attention from now on (set attention = "sdpa" to skip the attempt)')
+            self.attention = "sdpa"
+            return None
 
 
 def _write_slot(cache: torch.Tensor, index: torch.Tensor, new: torch.Tensor, dim: int, donate: bool) -> torch.Tensor:
