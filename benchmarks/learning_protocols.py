@@ -146,6 +146,19 @@ _add(Protocol(
 ))  # fmt: skip
 
 _add(Protocol(
+    name="gridworld-4x4",
+    title="Meta-RL: k-shot gridworld, 4 x 4, 8 steps per episode (3 episodes per trial)",
+    description="`gin/gridworld.gin` on a smaller search problem: a 4 x 4 grid and 8 steps per episode, so "
+                "that a memoryless policy can visit at most about half of the cells (as on the 5 x 5 with 12). "
+                "References from `gridworld_reference_returns(4, 8)` and `gridworld_baseline_returns(4, 8)`.",
+    config="gin/gridworld.gin", binds=('Experiment.env_kwargs = {"size": 4, "max_steps": 8}',),
+    variants=encoder_variants(("transformer",)),
+    metric="return/all",
+    extra_metrics=("return/all/episode_1", "return/all/episode_2", "return/all/episode_3"),
+    references={"random": 0.8, "memoryless bound": 1.6, "searcher with memory": 2.47, "oracle": 3.0},
+))  # fmt: skip
+
+_add(Protocol(
     name="target-reduce",
     title="Defaults: Agent.target_reduce min vs mean (POPGym CountRecallEasy, transformer)",
     description="The TD target over the critic ensemble: the minimum (the default) or the mean, with "
@@ -183,20 +196,33 @@ _add(Protocol(
     references={"random (mean of the three)": (-0.5 - 0.51 + 0.12) / 3, "optimal": 1.0},
 ))  # fmt: skip
 
+# Mamba-2 heads that start like retention heads (slow decay, full-weight writes) with the
+# 16-wide state Mamba had by default before: the settings gin/tmaze.gin used to carry.
+MAMBA2_SLOW_DECAY = ('MambaTrajEncoder.variant = "mamba2"', "MambaTrajEncoder.a_init_range = (0.002, 0.032)",
+                     "MambaTrajEncoder.dt_min = 0.5", "MambaTrajEncoder.dt_max = 1.0", "MambaTrajEncoder.d_state = 16")
+MAMBA1_DEFAULT = ('MambaTrajEncoder.variant = "mamba1"', "MambaTrajEncoder.dt_min = 0.001", "MambaTrajEncoder.dt_max = 0.1")
+
 _add(Protocol(
     name="tmaze-recall",
     title="Recall: T-maze, horizon 50, every memory encoder on the shipped recipe",
-    description="`gin/tmaze.gin` as shipped (30 epochs of 40 updates; its Mamba-2 settings apply to mamba), "
-                "only the encoder changed. A cue at step 0 decides the turn at step 50.",
+    description="`gin/tmaze.gin` as shipped (30 epochs of 40 updates), only the encoder changed, each with its "
+                "defaults. A cue at step 0 decides the turn at step 50. The other rows are the probes that chose "
+                "the defaults: Mamba-1 with its paper initialisation, Mamba-2's slow-decay start with a 16-wide "
+                "state (with 8 heads, and at lr 1e-3), retention without its convolution, and others.",
     config="gin/tmaze.gin", binds=(),
     variants=encoder_variants()
-    + (Variant("mamba1-default", binds=('Agent.traj_encoder = "mamba"', 'MambaTrajEncoder.variant = "mamba1"',
-                                         "MambaTrajEncoder.dt_min = 0.001", "MambaTrajEncoder.dt_max = 0.1",
+    + (Variant("mamba1-default", binds=('Agent.traj_encoder = "mamba"', *MAMBA1_DEFAULT,
                                          "MambaTrajEncoder.a_init_range = (1.0, 16.0)")),
+       Variant("mamba2-d_state16", binds=('Agent.traj_encoder = "mamba"', *MAMBA2_SLOW_DECAY)),
        Variant("retention-no-conv", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.d_conv = 0")),
-       *(Variant(f"{k}-lr1e-3", binds=(f'Agent.traj_encoder = "{k}"', "Experiment.lr = 0.001")) for k in MEMORY_ENCODERS),
-       Variant("mamba-d_state64", binds=('Agent.traj_encoder = "mamba"', "MambaTrajEncoder.d_state = 64")),
-       Variant("mamba-headdim16", binds=('Agent.traj_encoder = "mamba"', "MambaTrajEncoder.headdim = 16")),
+       Variant("transformer-lr1e-3", binds=('Agent.traj_encoder = "transformer"', "Experiment.lr = 0.001")),
+       Variant("mamba-lr1e-3", binds=('Agent.traj_encoder = "mamba"', *MAMBA2_SLOW_DECAY, "Experiment.lr = 0.001")),
+       Variant("retention-lr1e-3", binds=('Agent.traj_encoder = "retention"', "Experiment.lr = 0.001")),
+       Variant("mamba-headdim16", binds=('Agent.traj_encoder = "mamba"', *MAMBA2_SLOW_DECAY, "MambaTrajEncoder.headdim = 16")),
+       Variant("retention-h2", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 2")),
+       # 1 - 2^-e for e = 5, 6.33, 7.67, 9: the slowest head keeps 0.9 of a token after 50 steps
+       Variant("retention-slow-decays", binds=('Agent.traj_encoder = "retention"',
+                                                "RetentionTrajEncoder.decays = (0.96875, 0.987598, 0.995078, 0.998047)")),
        Variant("retention-fast-to-slow", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 4",
                                                  "RetentionTrajEncoder.d_conv = 0",
                                                  f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),),
@@ -218,18 +244,17 @@ _add(Protocol(
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
 
-MAMBA2_SLOW_DECAY = ('MambaTrajEncoder.variant = "mamba2"', "MambaTrajEncoder.a_init_range = (0.002, 0.032)",
-                     "MambaTrajEncoder.dt_min = 0.5", "MambaTrajEncoder.dt_max = 1.0")  # gin/tmaze.gin's settings
-
 _add(Protocol(
     name="mamba-init",
     title="Defaults: Mamba's initialisation (POPGym RepeatPreviousEasy)",
-    description="Mamba-1 with its default initialisation (`gin/suites/popgym/mamba.gin`) against Mamba-2 heads "
-                "that start like retention heads (slow decay, full-weight writes: `gin/tmaze.gin`'s settings). "
-                "Budget of popgym-repeat-previous. The T-maze side of the comparison is in tmaze-recall "
-                "(mamba there has these Mamba-2 settings; mamba1-default has the defaults).",
+    description="Mamba-1 with its paper initialisation (Mamba's default before this study) against Mamba-2 heads "
+                "that start like retention heads (slow decay, full-weight writes), with a 16-wide state and with "
+                "the 64-wide one (the default since: popgym-repeat-previous's mamba row). "
+                "`gin/suites/popgym/mamba.gin`, budget of popgym-repeat-previous. The T-maze side of the "
+                "comparison is in tmaze-recall.",
     config="gin/suites/popgym/mamba.gin", binds=(popgym_env("RepeatPreviousEasy"),),
-    variants=(Variant("mamba1-default", same_as=("popgym-repeat-previous", "mamba")),
-              Variant("mamba2-slow-decay", binds=MAMBA2_SLOW_DECAY)),
+    variants=(Variant("mamba1-default", binds=MAMBA1_DEFAULT),
+              Variant("mamba2-slow-decay", binds=MAMBA2_SLOW_DECAY),
+              Variant("mamba2-slow-decay-d64", same_as=("popgym-repeat-previous", "mamba"))),
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip

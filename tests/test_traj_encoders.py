@@ -646,6 +646,27 @@ def test_a_training_window_gives_its_tokens_the_positions_rollouts_give_them(pos
 
 
 @pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
+def test_mamba_arguments_left_at_none_take_the_variants_defaults(variant):
+    """Mamba-2 (the default variant) starts with slow decays, full-weight writes and a 64-wide
+    state; Mamba-1 keeps its paper's step sizes and a 16-wide state; a given argument wins."""
+    from amago2.nets.mamba import VARIANT_DEFAULTS
+
+    torch.manual_seed(0)
+    kw = dict(d_in=D_IN, d_model=32, n_layers=1, max_seq_len=16)
+    enc = build_traj_encoder("mamba", **kw, **({} if variant == "mamba2" else {"variant": variant}))
+    assert enc.variant == variant
+    want = VARIANT_DEFAULTS[variant]
+    mixer = enc.mixers[0]
+    assert mixer.d_state == want["d_state"] == (64 if variant == "mamba2" else 16)
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias if variant == "mamba1" else mixer.dt_bias)
+    assert dt.min() >= want["dt_min"] - 1e-5 and dt.max() <= want["dt_max"] + 1e-5
+    if variant == "mamba2":
+        a = mixer.A_log.exp()
+        assert a.min() >= 0.002 - 1e-7 and a.max() <= 0.032 + 1e-7
+    assert build_traj_encoder("mamba", **kw, variant=variant, d_state=8).mixers[0].d_state == 8
+
+
+@pytest.mark.parametrize("variant", ["mamba1", "mamba2"])
 def test_mamba_step_size_and_decay_init_ranges(variant):
     """dt_min / dt_max set the initial step sizes (softplus of the bias) and a_init_range
     (Mamba-2) the initial decay rates -A, each within the given range."""
