@@ -51,8 +51,15 @@ def popgym_encoders(game: str) -> Tuple[Variant, ...]:
 
 def encoder_variants(kinds: Tuple[str, ...] = MEMORY_ENCODERS) -> Tuple[Variant, ...]:
     """One variant per trajectory encoder, on the protocol's own config."""
-    return tuple(Variant(k, binds=(f'Agent.traj_encoder = "{k}"',)) for k in kinds)
+    return tuple(encoder_probe(k, k) for k in kinds)
 
+
+def encoder_probe(name: str, kind: str, *binds: str) -> Variant:
+    """A variant that runs encoder `kind` with extra binds (a probe of one of its options)."""
+    return Variant(name, binds=(f'Agent.traj_encoder = "{kind}"', *binds))
+
+
+GRIDWORLD_EPISODES = ("return/all/episode_1", "return/all/episode_2", "return/all/episode_3")
 
 # popgym-count-recall's budget, shared by the studies run on that game.
 COUNT_RECALL_BUDGET = ("Experiment.epochs = 60", "Experiment.explore_anneal_env_steps = 20000")
@@ -141,7 +148,7 @@ _add(Protocol(
     config="gin/gridworld.gin", binds=(),
     variants=encoder_variants(("transformer",)),
     metric="return/all",
-    extra_metrics=("return/all/episode_1", "return/all/episode_2", "return/all/episode_3"),
+    extra_metrics=GRIDWORLD_EPISODES,
     references={"random": 0.7, "memoryless bound": 1.5, "searcher with memory": 2.4, "oracle": 3.0},
 ))  # fmt: skip
 
@@ -154,7 +161,7 @@ _add(Protocol(
     config="gin/gridworld.gin", binds=('Experiment.env_kwargs = {"size": 4, "max_steps": 8}',),
     variants=encoder_variants(("transformer",)),
     metric="return/all",
-    extra_metrics=("return/all/episode_1", "return/all/episode_2", "return/all/episode_3"),
+    extra_metrics=GRIDWORLD_EPISODES,
     references={"random": 0.8, "memoryless bound": 1.6, "searcher with memory": 2.47, "oracle": 3.0},
 ))  # fmt: skip
 
@@ -211,21 +218,19 @@ _add(Protocol(
                 "state (with 8 heads, and at lr 1e-3), retention without its convolution, and others.",
     config="gin/tmaze.gin", binds=(),
     variants=encoder_variants()
-    + (Variant("mamba1-default", binds=('Agent.traj_encoder = "mamba"', *MAMBA1_DEFAULT,
-                                         "MambaTrajEncoder.a_init_range = (1.0, 16.0)")),
-       Variant("mamba2-d_state16", binds=('Agent.traj_encoder = "mamba"', *MAMBA2_SLOW_DECAY)),
-       Variant("retention-no-conv", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.d_conv = 0")),
-       Variant("transformer-lr1e-3", binds=('Agent.traj_encoder = "transformer"', "Experiment.lr = 0.001")),
-       Variant("mamba-lr1e-3", binds=('Agent.traj_encoder = "mamba"', *MAMBA2_SLOW_DECAY, "Experiment.lr = 0.001")),
-       Variant("retention-lr1e-3", binds=('Agent.traj_encoder = "retention"', "Experiment.lr = 0.001")),
-       Variant("mamba-headdim16", binds=('Agent.traj_encoder = "mamba"', *MAMBA2_SLOW_DECAY, "MambaTrajEncoder.headdim = 16")),
-       Variant("retention-h2", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 2")),
+    + (encoder_probe("mamba1-default", "mamba", *MAMBA1_DEFAULT, "MambaTrajEncoder.a_init_range = (1.0, 16.0)"),
+       encoder_probe("mamba2-d_state16", "mamba", *MAMBA2_SLOW_DECAY),
+       encoder_probe("retention-no-conv", "retention", "RetentionTrajEncoder.d_conv = 0"),
+       encoder_probe("transformer-lr1e-3", "transformer", "Experiment.lr = 0.001"),
+       encoder_probe("mamba-lr1e-3", "mamba", *MAMBA2_SLOW_DECAY, "Experiment.lr = 0.001"),
+       encoder_probe("retention-lr1e-3", "retention", "Experiment.lr = 0.001"),
+       encoder_probe("mamba-headdim16", "mamba", *MAMBA2_SLOW_DECAY, "MambaTrajEncoder.headdim = 16"),
+       encoder_probe("retention-h2", "retention", "RetentionTrajEncoder.n_heads = 2"),
        # 1 - 2^-e for e = 5, 6.33, 7.67, 9: the slowest head keeps 0.9 of a token after 50 steps
-       Variant("retention-slow-decays", binds=('Agent.traj_encoder = "retention"',
-                                                "RetentionTrajEncoder.decays = (0.96875, 0.987598, 0.995078, 0.998047)")),
-       Variant("retention-fast-to-slow", binds=('Agent.traj_encoder = "retention"', "RetentionTrajEncoder.n_heads = 4",
-                                                 "RetentionTrajEncoder.d_conv = 0",
-                                                 f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),),
+       encoder_probe("retention-slow-decays", "retention",
+                     "RetentionTrajEncoder.decays = (0.96875, 0.987598, 0.995078, 0.998047)"),
+       encoder_probe("retention-fast-to-slow", "retention", "RetentionTrajEncoder.n_heads = 4",
+                     "RetentionTrajEncoder.d_conv = 0", f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),
     references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
 

@@ -171,9 +171,11 @@ class MambaTrajEncoder(TrajEncoder):
         self.checkpoint_layers = checkpoint_layers
         if variant not in MAMBA_VARIANTS:
             raise ValueError(f"variant must be one of {MAMBA_VARIANTS}, got {variant!r}")
-        given = dict(d_state=d_state, dt_min=dt_min, dt_max=dt_max, a_init_range=a_init_range)
-        chosen = {k: VARIANT_DEFAULTS[variant][k] if v is None else v for k, v in given.items()}
-        d_state, dt_min, dt_max, a_init_range = (chosen[k] for k in ("d_state", "dt_min", "dt_max", "a_init_range"))
+        defaults = VARIANT_DEFAULTS[variant]
+        d_state = defaults["d_state"] if d_state is None else d_state
+        dt_min = defaults["dt_min"] if dt_min is None else dt_min
+        dt_max = defaults["dt_max"] if dt_max is None else dt_max
+        a_init_range = defaults["a_init_range"] if a_init_range is None else a_init_range
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         if not 0 < a_init_range[0] <= a_init_range[1]:
