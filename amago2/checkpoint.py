@@ -9,15 +9,15 @@ that does not load. Files are read with `weights_only=True` (see `load_checkpoin
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+
+from amago2.atomic_file import replace_atomically
 
 PathLike = Union[str, Path]
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -40,17 +40,8 @@ def checkpoint_path(path_dir: PathLike, updates: int) -> Path:
 def save_atomically(final: Path, obj: Any) -> Path:
     """`torch.save(obj)` to `final` through a flushed temporary file and a rename: a reader
     (or a run killed mid-write) sees the old file or the new one, never a torn one."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replace_atomically(final, fsync=True) as tmp:
+        torch.save(obj, tmp)
     return final
 
 

@@ -25,7 +25,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 import time
 import uuid
 import warnings
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, Dict, IO, List, Mapping, Optional, Union
 
 import gin
+
+from amago2.atomic_file import replace_atomically
 
 PathLike = Union[str, Path]
 
@@ -196,16 +197,10 @@ def write_csv_files(run_dir: PathLike) -> List[Path]:
         fields = list(dict.fromkeys(k for rec in records for k in rec if k != "kind"))
         fields = [k for k in RESERVED_KEYS[1:] if k in fields] + [k for k in fields if k not in RESERVED_KEYS]
         path = csv_path(run_dir, kind)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows({k: ("" if v is None else v) for k, v in rec.items()} for rec in records)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replace_atomically(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in rec.items()} for rec in records)
         written.append(path)
     return written
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import gin
 import numpy as np
 
+from amago2.atomic_file import replace_atomically
 from amago2.run_summary import (
     RETURN_KINDS,
     PathLike,
@@ -279,14 +279,7 @@ def plot_runs(
         run_dirs = [run_dirs]
     fig = make_figure(run_dirs, x=x, smooth=smooth, max_task_panels=max_task_panels)
     path = Path(out) if out is not None else Path(run_dirs[0]) / "curves.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so an image viewer never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    # Renamed into place, so that an image viewer never sees a half-written file.
+    with replace_atomically(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from amago2.atomic_file import replace_atomically
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, cpu_model, markdown_table, write_docs_section  # noqa: E402
 from learning_protocols import PROTOCOLS, Protocol, Variant  # noqa: E402
@@ -117,10 +119,8 @@ def run_one(protocol: Protocol, variant: Variant, seed: int, threads: int) -> st
                   cores=os.cpu_count(), torch_threads=threads, load_avg_at_end=list(os.getloadavg()),
                   date=time.strftime("%Y-%m-%d"), command=cmd[3:], wall_s=curve[-1].get("wall_time", time.time() - start),
                   curve=curve)  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out)  # atomic: a record is whole or absent
+    with replace_atomically(out) as tmp:  # a record is whole or absent
+        tmp.write_text(json.dumps(record, indent=1))
     shutil.rmtree(run_dir, ignore_errors=True)
     final = curve[-1].get(protocol.metric, float("nan"))
     return f"{protocol.name}/{variant.name}/seed{seed}: {protocol.metric} {final:.3f} in {record['wall_s'] / 60:.1f} min"
