@@ -59,6 +59,18 @@ def encoder_probe(name: str, kind: str, *binds: str) -> Variant:
     return Variant(name, binds=(f'Agent.traj_encoder = "{kind}"', *binds))
 
 
+def retention_first_decays(n_heads: int = 4, max_seq_len: int = 64) -> str:
+    """The bind of retention's first default decays (e from 5 to log2(max_seq_len), at least 6;
+    the slowest head's time constant one window), which the records made before 2026-12-02 ran."""
+    import math
+
+    hi = max(6.0, math.log2(max_seq_len))
+    es = [5 + (hi - 5) * i / (n_heads - 1) for i in range(n_heads)] if n_heads > 1 else [5.0]
+    return "RetentionTrajEncoder.decays = (" + ", ".join(f"{1 - 2 ** -e:.6f}" for e in es) + ")"
+
+
+RETENTION_FIRST_DECAYS = retention_first_decays()
+
 GRIDWORLD_EPISODES = ("return/all/episode_1", "return/all/episode_2", "return/all/episode_3")
 
 # popgym-count-recall's budget, shared by the studies run on that game.
@@ -131,12 +143,33 @@ _add(Protocol(
 ))  # fmt: skip
 
 _add(Protocol(
+    name="babyai-go-to-red-ball",
+    title="BabyAI GoToRedBall (one level, one episode per trial)",
+    description="`gin/suites/babyai/transformer.gin` on one easy level: go to the red ball in an 8 x 8 room "
+                "with distractors, at most 64 steps, the 7 x 7 symbolic view and the mission as input. One "
+                "episode per trial (a 72-token window), batch 16, 50 epochs of 24 updates and 512 env steps "
+                "(1,200 updates, 25,600 env steps). References measured here over 300 and 200 episodes: "
+                "uniform random actions (success 0.28) and minigrid's BabyAIBot planner, which sees the "
+                "whole grid (success 1.00).",
+    config="gin/suites/babyai/transformer.gin",
+    binds=('Experiment.train_env = "amago2/BabyAI-GoToRedBall-v0"', "Experiment.trial_episodes = 1",
+           "Experiment.max_seq_len = 72", "Experiment.batch_size = 16", "Experiment.epochs = 50",
+           "Experiment.updates_per_epoch = 24", "Experiment.env_steps_per_epoch = 64",
+           "Experiment.warmup_updates = 100", "Experiment.explore_anneal_env_steps = 12800",
+           "Experiment.eval_every_epochs = 10"),
+    variants=encoder_variants(("transformer",)),
+    extra_metrics=("success/all",),
+    references={"uniform random": 0.16, "BabyAIBot (full view)": 0.92},
+))  # fmt: skip
+
+_add(Protocol(
     name="bandit",
     title="Meta-RL: 5-arm Bernoulli bandit, 25 pulls",
     description="`gin/bandit.gin` as shipped (20 epochs, 800 updates): one good arm (p 0.9) among "
                 "four bad ones (p 0.1), new arms every trial.",
     config="gin/bandit.gin", binds=(),
-    variants=encoder_variants(),
+    variants=encoder_variants()
+    + (encoder_probe("retention-first-decays", "retention", retention_first_decays(4, 32)),),
     references={"ignores rewards": 6.5, "win-stay/lose-shift": 15.2, "Thompson sampling": 19.5, "oracle": 22.5},
 ))  # fmt: skip
 
@@ -172,7 +205,8 @@ _add(Protocol(
                 "`online_coeff = 0`. Budget of popgym-count-recall.",
     config="gin/suites/popgym/transformer.gin",
     binds=(popgym_env("CountRecallEasy"), *COUNT_RECALL_BUDGET),
-    variants=(Variant("min", binds=('Agent.target_reduce = "min"',)), Variant("mean", binds=('Agent.target_reduce = "mean"',))),
+    variants=(Variant("min", same_as=("popgym-count-recall", "transformer")),  # the default: that exact run
+              Variant("mean", binds=('Agent.target_reduce = "mean"',))),
     references={"random": -0.93, "optimal": 1.0},
 ))  # fmt: skip
 
@@ -215,20 +249,20 @@ _add(Protocol(
     description="`gin/tmaze.gin` as shipped (30 epochs of 40 updates), only the encoder changed, each with its "
                 "defaults. A cue at step 0 decides the turn at step 50. The other rows are the probes that chose "
                 "the defaults: Mamba-1 with its paper initialisation, Mamba-2's slow-decay start with a 16-wide "
-                "state (with 8 heads, and at lr 1e-3), retention without its convolution, and others.",
+                "state (with 8 heads, and at lr 1e-3), retention with its first default decays (e from 5 to 6, "
+                "the default before 2026-12-02; also without its convolution, at lr 1e-3 and with 2 heads), "
+                "and others.",
     config="gin/tmaze.gin", binds=(),
     variants=encoder_variants()
     + (encoder_probe("mamba1-default", "mamba", *MAMBA1_DEFAULT, "MambaTrajEncoder.a_init_range = (1.0, 16.0)"),
        encoder_probe("mamba2-d_state16", "mamba", *MAMBA2_SLOW_DECAY),
-       encoder_probe("retention-no-conv", "retention", "RetentionTrajEncoder.d_conv = 0"),
+       encoder_probe("retention-first-decays", "retention", RETENTION_FIRST_DECAYS),
+       encoder_probe("retention-no-conv", "retention", "RetentionTrajEncoder.d_conv = 0", RETENTION_FIRST_DECAYS),
        encoder_probe("transformer-lr1e-3", "transformer", "Experiment.lr = 0.001"),
        encoder_probe("mamba-lr1e-3", "mamba", *MAMBA2_SLOW_DECAY, "Experiment.lr = 0.001"),
-       encoder_probe("retention-lr1e-3", "retention", "Experiment.lr = 0.001"),
+       encoder_probe("retention-lr1e-3", "retention", "Experiment.lr = 0.001", RETENTION_FIRST_DECAYS),
        encoder_probe("mamba-headdim16", "mamba", *MAMBA2_SLOW_DECAY, "MambaTrajEncoder.headdim = 16"),
-       encoder_probe("retention-h2", "retention", "RetentionTrajEncoder.n_heads = 2"),
-       # 1 - 2^-e for e = 5, 6.33, 7.67, 9: the slowest head keeps 0.9 of a token after 50 steps
-       encoder_probe("retention-slow-decays", "retention",
-                     "RetentionTrajEncoder.decays = (0.96875, 0.987598, 0.995078, 0.998047)"),
+       encoder_probe("retention-h2", "retention", "RetentionTrajEncoder.n_heads = 2", retention_first_decays(2)),
        encoder_probe("retention-fast-to-slow", "retention", "RetentionTrajEncoder.n_heads = 4",
                      "RetentionTrajEncoder.d_conv = 0", f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),
     references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
@@ -237,15 +271,18 @@ _add(Protocol(
 _add(Protocol(
     name="retention-decays",
     title="Defaults: retention's head decays and short convolution (POPGym RepeatPreviousEasy)",
-    description="RetNet's block (its decays: the fastest head forgets over ~32 tokens; no convolution) against "
-                "decays whose fastest head forgets within ~2 tokens, up to the same slowest head, and against "
-                "RetNet's decays with a width-4 causal convolution on each block's input (`d_conv = 4`, the "
-                "default since this study). Budget of popgym-repeat-previous.",
+    description="Retention's first default decays (gamma = 1 - 2^-e, e from 5 to 6 at this 64-token window: the "
+                "slowest head's time constant is one window) without a convolution, as in RetNet's block; decays "
+                "whose fastest head forgets within ~2 tokens, up to the same slowest head, without one; the first "
+                "decays with a width-4 causal convolution on each block's input (`d_conv = 4`, the default since "
+                "this study); and the default (that convolution, and e from 5 to 9: the slowest head keeps 0.88 of "
+                "a token after 64 steps; popgym-repeat-previous's retention row). Budget of popgym-repeat-previous.",
     config="gin/suites/popgym/retention.gin", binds=(popgym_env("RepeatPreviousEasy"),),
-    variants=(Variant("retnet", binds=("RetentionTrajEncoder.d_conv = 0",)),
-              Variant("fast-to-slow", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",
-                                             "RetentionTrajEncoder.d_conv = 0")),
-              Variant("conv4", same_as=("popgym-repeat-previous", "retention"))),
+    variants=(Variant("first-decays-no-conv", binds=("RetentionTrajEncoder.d_conv = 0", RETENTION_FIRST_DECAYS)),
+              Variant("fast-to-slow-no-conv", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",
+                                                     "RetentionTrajEncoder.d_conv = 0")),
+              Variant("first-decays-conv4", binds=(RETENTION_FIRST_DECAYS,)),
+              Variant("default", same_as=("popgym-repeat-previous", "retention"))),
     references={"random": -0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
 

@@ -766,6 +766,17 @@ def test_retention_convolution_sees_the_previous_token_and_not_across_a_reset(d_
         assert (change > 1e-3) == expect_change, (resets_at_3, change)
 
 
+@pytest.mark.parametrize("max_seq_len", [16, 64, 256, 2048])
+def test_retention_default_decays_span_a_fast_head_to_one_that_keeps_a_window_old_cue(max_seq_len):
+    # The slowest head must still carry a token from the window's start to its end (the
+    # T-maze cue): with the first default (slowest time constant = one window) 0.37 was left.
+    enc = build_traj_encoder("retention", d_in=D_IN, d_model=16, n_layers=1, max_seq_len=max_seq_len, n_heads=4)
+    decays = enc.layers[0].retention.log_decay.double().exp()
+    assert decays[0].item() == pytest.approx(1 - 2**-5)
+    assert (decays.diff() > 0).all()
+    assert decays[-1].item() ** max_seq_len >= 0.88
+
+
 def _flex_available() -> bool:
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
