@@ -201,14 +201,16 @@ class TransformerTrajEncoder(TrajEncoder):
         else:
             t_k = torch.cat([state["cache_t"], t_q], dim=1) if cached else t_q  # [B, K]
         tk, tq, sq = t_k[:, None, :], t_q[:, :, None], start_q[:, :, None]
-        if causal_only:
-            mask = None
-        elif L == 1:
-            # The cache holds exactly the last <= W tokens up to this one, so only the
-            # episode boundary can mask a key.
-            mask = (tk >= sq).unsqueeze(1)  # [B, 1, 1, K]
-        else:
-            mask = ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
+
+        @functools.cache  # built at the first layer that SDPA serves (none when flex serves them all)
+        def sdpa_mask() -> Optional[torch.Tensor]:
+            if causal_only:
+                return None
+            if L == 1:
+                # The cache holds exactly the last <= W tokens up to this one, so only the
+                # episode boundary can mask a key.
+                return (tk >= sq).unsqueeze(1)  # [B, 1, 1, K]
+            return ((tk >= sq) & (tk <= tq) & (tk > tq - W)).unsqueeze(1)  # [B, 1, L, K]
 
         h = self.inp(x)
         if self.pos_encoding == "sinusoidal":
@@ -238,7 +240,7 @@ class TransformerTrajEncoder(TrajEncoder):
                 attn = self._flex(q, kq, vq, block_mask)
             if attn is None:
                 attn = F.scaled_dot_product_attention(
-                    q, kq, vq, attn_mask=None if causal_only else mask, is_causal=causal_only,
+                    q, kq, vq, attn_mask=sdpa_mask(), is_causal=causal_only,
                     dropout_p=self.attn_dropout if self.training else 0.0,
                 )
             h = block.finish(h, attn)
