@@ -9,6 +9,7 @@ where a paper gives them, with their source in the protocol's notes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -59,14 +60,17 @@ def encoder_probe(name: str, kind: str, *binds: str) -> Variant:
     return Variant(name, binds=(f'Agent.traj_encoder = "{kind}"', *binds))
 
 
-def retention_first_decays(n_heads: int = 4, max_seq_len: int = 64) -> str:
-    """The bind of retention's first default decays (e from 5 to log2(max_seq_len), at least 6;
-    the slowest head's time constant one window), which the records made before 2026-12-02 ran."""
-    import math
-
+def retention_decays_bind(fastest_e: float, n_heads: int, max_seq_len: int) -> str:
+    """The bind of retention decays 1 - 2^-e, e evenly spaced from `fastest_e` to
+    log2(max_seq_len) (at least 6): the slowest head's time constant is one window."""
     hi = max(6.0, math.log2(max_seq_len))
-    es = [5 + (hi - 5) * i / (n_heads - 1) for i in range(n_heads)] if n_heads > 1 else [5.0]
+    es = [fastest_e + (hi - fastest_e) * i / (n_heads - 1) for i in range(n_heads)] if n_heads > 1 else [fastest_e]
     return "RetentionTrajEncoder.decays = (" + ", ".join(f"{1 - 2 ** -e:.6f}" for e in es) + ")"
+
+
+def retention_first_decays(n_heads: int = 4, max_seq_len: int = 64) -> str:
+    """Retention's first default decays (fastest e = 5), which the records made before 2026-12-02 ran."""
+    return retention_decays_bind(5.0, n_heads, max_seq_len)
 
 
 RETENTION_FIRST_DECAYS = retention_first_decays()
@@ -84,13 +88,6 @@ POPGYM_SOURCE = (
     "paper's table itself to check them. MMER is a maximum over training, ours the final greedy "
     "evaluation, after about 1,000 times fewer env steps."
 )
-
-def _fast_to_slow_decays(n_heads: int, max_seq_len: int) -> str:
-    import math
-
-    hi = max(6.0, math.log2(max_seq_len))
-    return "(" + ", ".join(f"{1 - 2 ** -(1 + (hi - 1) * i / (n_heads - 1)):.6f}" for i in range(n_heads)) + ")"
-
 
 PROTOCOLS: Dict[str, Protocol] = {}
 
@@ -283,7 +280,7 @@ _add(Protocol(
        encoder_probe("mamba-headdim16", "mamba", *MAMBA2_SLOW_DECAY, "MambaTrajEncoder.headdim = 16"),
        encoder_probe("retention-h2", "retention", "RetentionTrajEncoder.n_heads = 2", retention_first_decays(2)),
        encoder_probe("retention-fast-to-slow", "retention", "RetentionTrajEncoder.n_heads = 4",
-                     "RetentionTrajEncoder.d_conv = 0", f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}")),
+                     "RetentionTrajEncoder.d_conv = 0", retention_decays_bind(1.0, 4, 64))),
     references={"memoryless": 0.5, "optimal": 1.0}, threshold=0.9,
 ))  # fmt: skip
 
@@ -298,7 +295,7 @@ _add(Protocol(
                 "a token after 64 steps; popgym-repeat-previous's retention row). Budget of popgym-repeat-previous.",
     config="gin/suites/popgym/retention.gin", binds=(popgym_env("RepeatPreviousEasy"),),
     variants=(Variant("first-decays-no-conv", binds=("RetentionTrajEncoder.d_conv = 0", RETENTION_FIRST_DECAYS)),
-              Variant("fast-to-slow-no-conv", binds=(f"RetentionTrajEncoder.decays = {_fast_to_slow_decays(4, 64)}",
+              Variant("fast-to-slow-no-conv", binds=(retention_decays_bind(1.0, 4, 64),
                                                      "RetentionTrajEncoder.d_conv = 0")),
               Variant("first-decays-conv4", binds=(RETENTION_FIRST_DECAYS,)),
               Variant("default", same_as=("popgym-repeat-previous", "retention"))),
