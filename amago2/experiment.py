@@ -20,14 +20,12 @@ folder. `examples/minimal_loop.py` is the same algorithm written out without thi
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import gin
-import torch
 from accelerate import Accelerator
 
 from amago2.agent import Agent
@@ -47,6 +45,7 @@ from amago2.progress import EpochProgress
 from amago2.relabel import HindsightRelabel
 from amago2.run_checkpoints import CheckpointedRun
 from amago2.run_control import StopRequest
+from amago2.run_ending import EndingRun
 from amago2.seeding import seed_everything
 
 EnvSpec = Union[str, Callable, Sequence[Union[str, Callable]]]
@@ -55,7 +54,7 @@ __all__ = ["Experiment", "NonFiniteLossError", "experiment_settings"]
 
 
 @gin.configurable
-class Experiment(CheckpointedRun):
+class Experiment(CheckpointedRun, EndingRun):
     """A training run. Every argument can be bound in a gin file (`Experiment.x = ...`).
 
     Environments: `train_env` / `eval_env` are a gymnasium id, a callable making an env, or
@@ -83,7 +82,8 @@ class Experiment(CheckpointedRun):
     every training batch, for goal-conditioned tasks (docs/relabelling.md).
     `max_minutes`: a wall-clock budget; when it runs out the run ends as its last epoch does
     (evaluation, checkpoint, summary). SIGTERM / SIGINT end it the same way, without the
-    evaluation (see `amago2.run_control`). `exact_resume`: checkpoints also snapshot the envs
+    evaluation (see `amago2.run_control`). `target_return`: the run ends (exit code 0) after the
+    first evaluation whose greedy `return/all`, averaged over ranks, reaches it. `exact_resume`: checkpoints also snapshot the envs
     and rollouts in progress, so a resume repeats the run (docs/training.md).
     """
 
@@ -134,6 +134,7 @@ class Experiment(CheckpointedRun):
         exact_resume: bool = True,
         train_threads: Optional[int] = None,
         max_minutes: Optional[float] = None,
+        target_return: Optional[float] = None,
         relabel: Optional[HindsightRelabel] = None,
     ):
         if env_mode not in ("sync", "async"):
@@ -156,7 +157,8 @@ class Experiment(CheckpointedRun):
         self.eval_every_epochs, self.eval_trials, self.eval_sampled = eval_every_epochs, eval_trials, eval_sampled
         self.checkpoint_every_epochs, self.keep_checkpoints = checkpoint_every_epochs, keep_checkpoints
         self.seed, self.progress, self.exact_resume = seed, progress, exact_resume
-        self.max_minutes = max_minutes
+        self.max_minutes, self.target_return = max_minutes, target_return
+        self.reached_target = False
         self.stop = StopRequest(max_minutes)  # checks the budget; catches signals inside run()
 
         self.accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
@@ -320,14 +322,10 @@ class Experiment(CheckpointedRun):
             self.save_checkpoint()
         return logged
 
-    def _stopping(self) -> bool:
-        """Whether the run ends after this epoch for a signal or the budget, agreed by every rank."""
-        flag = torch.tensor([float(self.stop())], device=self.device)
-        return bool(self.accelerator.reduce(flag, reduction="max").item()) if self.world > 1 else bool(flag.item())
-
     def run(self) -> Dict[str, float]:
-        """Train until `epochs` (or the budget, or a SIGTERM / SIGINT); returns the last
-        evaluation's metrics. `exit_code` then tells a signal's end from a normal one."""
+        """Train until `epochs` (or `target_return`, the budget, or a SIGTERM / SIGINT); returns
+        the last evaluation's metrics. `ended` says which; `exit_code` tells a signal's end from
+        a normal one."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         last_eval: Dict[str, float] = {}
         main = self.accelerator.is_main_process
@@ -338,6 +336,11 @@ class Experiment(CheckpointedRun):
                     logged = self.run_epoch(progress)
                     last_eval = logged.get("eval", last_eval)
                     progress.epoch_done(self.epoch, self.updates, self.env_steps, logged, last_eval, self.stop.minutes)
+                    if self.epoch < self.epochs and "eval" in logged and self._reached(logged["eval"]):
+                        self.reached_target = True
+                        progress.note(f"amago2: {self.ended} at epoch {self.epoch}; ending the run")
+                        self.save_checkpoint()
+                        break
                     if self.epoch < self.epochs and self._stopping():
                         progress.note(f"amago2: {self.stop.reason()} at epoch {self.epoch}; ending the run")
                         if not self.stop.signalled:  # a budget leaves time for the final evaluation
@@ -348,31 +351,8 @@ class Experiment(CheckpointedRun):
         finally:
             progress.close()
             self.close()
-        self._write_summary(last_eval)
+        self._end_in_step(last_eval)
         return last_eval
-
-    @property
-    def ended(self) -> str:
-        """How the run ended: "finished", the budget, or the signal that stopped it."""
-        return "finished" if self.epoch >= self.epochs else self.stop.reason()
-
-    @property
-    def exit_code(self) -> int:
-        """0 after every epoch or a spent budget; 128 + the signal's number when SIGTERM / SIGINT
-        stopped the run before its last epoch."""
-        return 0 if self.epoch >= self.epochs else self.stop.exit_code()
-
-    def _write_summary(self, last_eval: Dict[str, float]) -> None:
-        """run_dir/summary.json: final counters, the last evaluation and a checksum of each rank's weights."""
-        flat = torch.cat([p.detach().float().flatten().cpu() for p in self.policy.parameters()])
-        checksum = torch.tensor([flat.sum().item(), flat.abs().sum().item(), float(self.updates)], device=self.device)
-        gathered = self.accelerator.gather(checksum.unsqueeze(0)).cpu().tolist()
-        if self.accelerator.is_main_process:
-            summary = dict(epoch=self.epoch, updates=self.updates, env_steps=self.env_steps, world_size=self.world,
-                           eval=last_eval, rank_param_checksums=[g[:2] for g in gathered],
-                           rank_updates=[int(g[2]) for g in gathered], ended=self.ended,
-                           minutes=round(self.stop.minutes, 3))  # fmt: skip
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
 
     def close(self) -> None:
         if self._prefetcher is not None:

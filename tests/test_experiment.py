@@ -171,6 +171,24 @@ class NaNRewardEnv(gym.Env):
         return np.zeros(2, np.float32), float("nan"), True, False, {}
 
 
+def test_a_run_ends_at_the_first_evaluation_that_reaches_the_target_return(tmp_path, clean_gin):
+    from amago2.experiment import Experiment
+
+    gin.parse_config(TINY)
+    # T-maze returns are at least -1 per step, so -1e9 is reached by any evaluation: the run ends
+    # after the first (epoch 2 of 5); without a target it runs every epoch.
+    runs = {}
+    for target in (-1e9, None):
+        exp = Experiment(run_dir=tmp_path / str(target), epochs=5, eval_every_epochs=2, target_return=target)
+        last = exp.run()
+        runs[target] = (exp.epoch, exp.ended, exp.exit_code, json.loads((exp.run_dir / "summary.json").read_text()))
+        assert "return/all" in last
+    epoch, ended, code, summary = runs[-1e9]
+    assert (epoch, code) == (2, 0) and "reached the target" in ended and summary["ended"] == ended
+    assert checkpoint_paths(tmp_path / "-1000000000.0" / "checkpoints"), "the run ends with a checkpoint"
+    assert runs[None][:3] == (5, "finished", 0)
+
+
 def test_a_nan_reward_from_the_env_is_refused_by_name():
     from amago2.envs import AgentEnv
 
@@ -203,15 +221,29 @@ def test_a_nan_loss_stops_the_run_with_a_message(tmp_path, clean_gin):
 @pytest.mark.slow
 def test_two_cpu_processes_train_data_parallel(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
+    # `amago2 train`, with an exit handler registered before it that records, per rank, whether the
+    # process group was still alive at exit: one that outlives the interpreter's teardown makes
+    # gloo's threads abort the process now and then.
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "import torch.distributed as dist\n"
+        f"atexit.register(lambda: open(os.path.join({str(tmp_path)!r}, 'alive' + os.environ['RANK']), 'w')"
+        ".write(str(dist.is_initialized())))\n"
+        "from amago2.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     out = subprocess.run(
         # --multi_gpu selects accelerate's torchrun launcher; with no GPU each process runs on the CPU with gloo
         # (accelerate's --cpu flag alone starts a single process unless MPI is installed).
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-         "-m", "amago2", "train", str(tiny_config), "--run-dir", str(run_dir), "--bind", "Experiment.cpu = True"],
+         str(script), "train", str(tiny_config), "--run-dir", str(run_dir), "--bind", "Experiment.cpu = True"],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ, WANDB_MODE="disabled"),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
+    alive = [(tmp_path / f"alive{r}").read_text() for r in (0, 1)]
+    assert alive == ["False", "False"], f"each rank must destroy its process group before exit: {alive}"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["rank_updates"] == [9, 9], "both ranks must have trained"
