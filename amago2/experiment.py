@@ -83,8 +83,9 @@ class Experiment(CheckpointedRun, EndingRun):
     `max_minutes`: a wall-clock budget; when it runs out the run ends as its last epoch does
     (evaluation, checkpoint, summary). SIGTERM / SIGINT end it the same way, without the
     evaluation (see `amago2.run_control`). `target_return`: the run ends (exit code 0) after the
-    first evaluation whose greedy `return/all`, averaged over ranks, reaches it. `exact_resume`: checkpoints also snapshot the envs
-    and rollouts in progress, so a resume repeats the run (docs/training.md).
+    first evaluation whose greedy `return/all`, averaged over ranks, reaches it.
+    `exact_resume`: checkpoints also snapshot the envs and rollouts in progress, so a resume
+    repeats the run (docs/training.md).
     """
 
     def __init__(
